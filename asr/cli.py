@@ -77,7 +77,10 @@ def run_transcribe(args) -> int:
         raise UserError(str(e)) from None
     model = load_for_cli(args)
     if args.command == "translate":
-        model.check_task("translate")
+        try:
+            model.check_task("translate")
+        except ValueError as e:
+            raise UserError(str(e)) from None
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     failed = 0

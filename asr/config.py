@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from audio_encoder.config import AudioConfig
 from lm.config import TextConfig
 
 CONFIG_FILE = "config.json"
+METADATA_KEY = "gemma3n_speech"
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,9 @@ class SpeechConfig:
     eoa_token_id: int = 262_272  # <end_of_audio>
     audio_token_id: int = 262_273  # <audio_soft_token>
     model_type: str = "gemma3n"
+    # Our own key in config.json, written by `asr train` / `asr init-random`: name, languages, tasks.
+    # Real Gemma 3n checkpoints lack it: they are multilingual and do both tasks.
+    metadata: dict = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict, source: str = CONFIG_FILE) -> "SpeechConfig":
@@ -32,8 +36,11 @@ class SpeechConfig:
                 if not isinstance(d[name], int) or isinstance(d[name], bool):
                     raise ValueError(f"{source}: field {name!r} must be an integer, found {d[name]!r}")
                 ints[name] = d[name]
+        metadata = d.get(METADATA_KEY, {})
+        if not isinstance(metadata, dict):
+            raise ValueError(f"{source}: field {METADATA_KEY!r} must be an object, found {metadata!r}")
         return cls(text=TextConfig.from_dict(d["text_config"]), audio=AudioConfig.from_dict(d["audio_config"]),
-                   model_type=str(d.get("model_type", "gemma3n")), **ints)
+                   model_type=str(d.get("model_type", "gemma3n")), metadata=metadata, **ints)
 
     @classmethod
     def from_file(cls, path: str | Path) -> "SpeechConfig":

@@ -91,6 +91,21 @@ class SpeechModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.model.language_model.embed_tokens.weight.dtype
 
+    @property
+    def metadata(self) -> dict:
+        return self.config.metadata
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(self.metadata.get("tasks", ("transcribe", "translate")))
+
+    def check_task(self, task: str) -> None:
+        """A model trained for transcription only says so instead of producing nonsense translations."""
+        if task not in self.tasks:
+            name = self.metadata.get("name", self.source or "this model")
+            raise ValueError(f"{name} was not trained for task {task!r} (it supports: {', '.join(self.tasks)}); "
+                             "use a Gemma 3n checkpoint with --model for translation")
+
     def require_tokenizer(self):
         if self.tokenizer is None:
             raise TokenizerMissing(
@@ -134,29 +149,36 @@ class SpeechModel(nn.Module):
         return AudioEncoderStream(self.audio_tower)
 
     # ---- reference-equivalent forward ---------------------------------------------------------------
+    def merged_embeddings(self, input_ids: torch.Tensor, input_features: torch.Tensor | None = None,
+                          input_features_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Prompt embeddings with the audio features scattered into the audio soft-token slots, padded
+        to `audio_soft_tokens_per_image` per clip with the audio padding embedding, as the reference does."""
+        input_ids = input_ids.to(self.device)
+        emb = self.embed_ids(input_ids)
+        if input_features is None:
+            return emb
+        if input_features_mask is None:
+            raise ValueError("input_features_mask is required with input_features (True = valid frame)")
+        soft, valid = self.encode_features(input_features, input_features_mask.bool())
+        pad = self.audio_padding_embedding().to(soft.dtype)
+        soft = torch.where(valid.unsqueeze(-1), soft, pad)
+        slots = self.config.audio_soft_tokens_per_image
+        if soft.shape[1] > slots:
+            raise ValueError(f"audio gives {soft.shape[1]} tokens, more than the {slots} slots of the prompt "
+                             "(the reference takes at most 30 s per clip)")
+        soft = torch.cat([soft, pad.expand(soft.shape[0], slots - soft.shape[1], -1)], dim=1)
+        where = input_ids == self.config.audio_token_id
+        if int(where.sum()) != soft.shape[0] * slots:
+            raise ValueError(f"input_ids hold {int(where.sum())} audio soft tokens, expected "
+                             f"{slots} per clip x {soft.shape[0]} clips")
+        return emb.masked_scatter(where.unsqueeze(-1), soft.to(emb.dtype))
+
     @torch.inference_mode()
     def logits(self, input_ids: torch.Tensor, input_features: torch.Tensor | None = None,
                input_features_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The same tensor as the reference Gemma3nForConditionalGeneration(...).logits."""
-        input_ids = input_ids.to(self.device)
-        emb = self.embed_ids(input_ids)
-        if input_features is not None:
-            if input_features_mask is None:
-                raise ValueError("input_features_mask is required with input_features (True = valid frame)")
-            soft, valid = self.encode_features(input_features, input_features_mask.bool())
-            pad = self.audio_padding_embedding().to(soft.dtype)
-            soft = torch.where(valid.unsqueeze(-1), soft, pad)
-            slots = self.config.audio_soft_tokens_per_image
-            if soft.shape[1] > slots:
-                raise ValueError(f"audio gives {soft.shape[1]} tokens, more than the {slots} slots of the prompt "
-                                 "(the reference takes at most 30 s per clip)")
-            soft = torch.cat([soft, pad.expand(soft.shape[0], slots - soft.shape[1], -1)], dim=1)
-            where = input_ids == self.config.audio_token_id
-            if int(where.sum()) != soft.shape[0] * slots:
-                raise ValueError(f"input_ids hold {int(where.sum())} audio soft tokens, expected "
-                                 f"{slots} per clip x {soft.shape[0]} clips")
-            emb = emb.masked_scatter(where.unsqueeze(-1), soft.to(emb.dtype))
-        return self.language_model(input_ids, inputs_embeds=emb)
+        """The same tensor as the reference Gemma3nForConditionalGeneration(...).logits (mask True = valid)."""
+        emb = self.merged_embeddings(input_ids, input_features, input_features_mask)
+        return self.language_model(input_ids.to(self.device), inputs_embeds=emb)
 
     # ---- prompts and decoding -----------------------------------------------------------------------
     def prompt_tokens(self) -> PromptTokens:
@@ -226,6 +248,7 @@ class SpeechModel(nn.Module):
         """Transcribe in the source language, then translate into `target_language` (chain of thought)."""
         from .longform import transcribe_long
 
+        self.check_task("translate")
         return transcribe_long(self, _waveform(audio), task="translate", target_language=target_language,
                                source_language=source_language, options=options, progress=progress)
 

@@ -1,0 +1,34 @@
+"""`asr info`: what a loaded model is."""
+from __future__ import annotations
+
+
+def _count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def describe(model) -> str:
+    cfg = model.config
+    text, audio = cfg.text, cfg.audio
+    meta = model.metadata
+    sizes = text.intermediate_size
+    ffn = f"{sizes[0]}" if len(set(sizes)) == 1 else ",".join(str(s) for s in sizes)
+    lines = [
+        f"model:      {meta.get('name', 'Gemma 3n checkpoint')}",
+        f"loaded from {model.source}",
+        f"device:     {model.device}, dtype {str(model.dtype).replace('torch.', '')}",
+        f"tasks:      {', '.join(model.tasks)}",
+        f"languages:  {', '.join(meta['languages']) if meta.get('languages') else 'not declared (multilingual)'}",
+        "audio encoder: "
+        f"{audio.conf_num_hidden_layers} conformer layers, hidden {audio.hidden_size}, "
+        f"{audio.conf_num_attention_heads} heads, {_count(model.audio_tower):,} parameters",
+        f"audio embedder: {audio.hidden_size} -> {text.hidden_size}, {_count(model.embed_audio):,} parameters",
+        "text decoder: "
+        f"{text.num_hidden_layers} layers ({text.layer_types.count('full_attention')} full attention, "
+        f"sliding window {text.sliding_window}), hidden {text.hidden_size}, FFN {ffn}, "
+        f"{text.num_attention_heads} heads / {text.num_key_value_heads} kv heads, "
+        f"{text.num_kv_shared_layers} KV-shared layers, vocabulary {text.vocab_size}",
+        f"decoder parameters: {_count(model.language_model):,}",
+        f"total parameters: {_count(model):,} (vision tower not loaded)",
+        f"tokenizer:  {'present' if model.tokenizer is not None else 'missing (loading only; cannot transcribe)'}",
+    ]
+    return "\n".join(lines)
