@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from audio_encoder.vad import SAMPLE_RATE, VadOptions, find_pauses
+from audio_encoder.vad import SAMPLE_RATE, VadOptions, find_pauses, regions_between
 
 TASKS = ("transcribe", "translate")
 
@@ -146,17 +146,6 @@ def _speech_bounds(
     return inside[0][0], inside[-1][1]
 
 
-def _speech_regions(pauses: list[tuple[int, int]], n_classified: int) -> list[tuple[int, int]]:
-    regions, pos = [], 0
-    for start, end in pauses:
-        if start > pos:
-            regions.append((pos, start))
-        pos = end
-    if pos < n_classified:
-        regions.append((pos, n_classified))
-    return regions
-
-
 def plan_windows(waveform: np.ndarray, options: LongformOptions = LongformOptions()) -> list[Window]:
     """All windows covering `waveform` (16 kHz mono float) end to end, silent ones included."""
     n = len(waveform)
@@ -164,7 +153,7 @@ def plan_windows(waveform: np.ndarray, options: LongformOptions = LongformOption
         return []
     pauses = find_pauses(waveform, options.vad, options.min_pause_ms)
     n_classified = n // options.vad.frame_samples * options.vad.frame_samples
-    regions = _speech_regions(pauses, n_classified)
+    regions = regions_between(pauses, n_classified)
     edges = [0, *_cut_points(n, pauses, options), n]
     return [
         Window(a, b, *_speech_bounds(regions, a, b)) for a, b in zip(edges[:-1], edges[1:])

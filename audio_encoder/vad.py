@@ -218,7 +218,7 @@ def find_pauses(
     """Pauses of at least `min_pause_ms` in a 16 kHz waveform, as (start_sample, end_sample).
 
     Pause starts are corrected for webrtcvad's overhang (`trim_overhang`) before the length test,
-    so a 400 ms silence counts as 400 ms even in mode 0, whose overhang hides 150 ms of it.
+    so a 400 ms silence counts as 400 ms even in mode 0, whose overhang hides up to ~180 ms of it.
     """
     flags = speech_flags(waveform, options)
     candidates = pauses_from_flags(flags, options, max(0.0, min_pause_ms - _OVERHANG_LOOKBACK_MS))
@@ -230,6 +230,18 @@ def find_pauses(
     ]
 
 
+def regions_between(pauses: list[tuple[int, int]], n_samples: int) -> list[tuple[int, int]]:
+    """The spans of [0, n_samples) not covered by the sorted, disjoint `pauses`."""
+    regions, pos = [], 0
+    for start, end in pauses:
+        if start > pos:
+            regions.append((pos, min(start, n_samples)))
+        pos = max(pos, end)
+    if pos < n_samples:
+        regions.append((pos, n_samples))
+    return [(a, b) for a, b in regions if b > a]
+
+
 def speech_regions(
     waveform: np.ndarray, options: VadOptions = VadOptions(), min_pause_ms: float = 300.0
 ) -> list[tuple[int, int]]:
@@ -239,11 +251,4 @@ def speech_regions(
     at the end of the waveform (if any) is never part of a region.
     """
     n_classified = len(waveform) // options.frame_samples * options.frame_samples
-    regions, pos = [], 0
-    for start, end in find_pauses(waveform, options, min_pause_ms):
-        if start > pos:
-            regions.append((pos, start))
-        pos = end
-    if pos < n_classified:
-        regions.append((pos, n_classified))
-    return regions
+    return regions_between(find_pauses(waveform, options, min_pause_ms), n_classified)

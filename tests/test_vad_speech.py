@@ -22,6 +22,7 @@ from audio_encoder.vad import (
     VadStream,
     find_pauses,
     pauses_from_flags,
+    regions_between,
     smooth_flags,
     speech_flags,
     speech_regions,
@@ -191,3 +192,10 @@ def test_speech_regions_are_the_phrases() -> None:
     for (got_start, got_end), (start, end) in zip(regions, expected):
         assert abs(got_start - start) <= TOLERANCE_SAMPLES, (got_start, start)
         assert abs(got_end - end) <= TOLERANCE_SAMPLES, (got_end, end)
+
+
+def test_regions_between_pauses() -> None:
+    assert regions_between([(0, 10), (30, 40)], 50) == [(10, 30), (40, 50)]
+    assert regions_between([(5, 60)], 50) == [(0, 5)]
+    assert regions_between([], 7) == [(0, 7)]
+    assert regions_between([(0, 50)], 50) == []
