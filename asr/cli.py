@@ -6,7 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-FORMATS = ("txt", "json", "srt", "vtt")
 
 
 class UserError(Exception):
@@ -51,6 +50,8 @@ def _add_transcribe(sub) -> None:
 
 
 def _formats(value: str) -> list[str]:
+    from .writers import FORMATS
+
     if value == "all":
         return list(FORMATS)
     formats = [f.strip() for f in value.split(",") if f.strip()]
