@@ -1,0 +1,184 @@
+"""The Gemma 3n text decoder (transformers 5.23 `Gemma3nTextModel` + tied, soft-capped head).
+
+Module and parameter names equal the checkpoint's with `model.language_model.` removed. KV-shared
+layers have no k_proj/v_proj/k_norm (real checkpoints still carry them; the loader skips them).
+
+Per forward: scaled token embeddings (or the caller's merged multimodal embeddings) and per-layer
+embeddings (PLE) read from input_ids; the embedding is expanded into 4 AltUp streams; each layer runs
+attention + MLP on stream 0 and corrects the others; the streams are collapsed, normed, and projected
+with the embedding matrix.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .attention import AttentionContext, Rotary, TextAttention, attention_context
+from .config import TextConfig
+from .kv_cache import KVCache
+from .layers import MLP, AltUp, Laurel, RMSNorm, gelu_tanh, match_magnitude, rms, rounded
+
+_INV_SQRT2 = float(torch.rsqrt(torch.tensor(2.0, device="cpu")))  # fp32, as the reference's buffer
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: TextConfig, layer: int):
+        super().__init__()
+        d, eps = config.hidden_size, config.rms_norm_eps
+        self.layer = layer
+        self.correct_scale = config.altup_correct_scale
+        self.active = config.altup_active_idx
+        self.self_attn = TextAttention(config, layer)
+        self.mlp = MLP(config, layer)
+        self.input_layernorm = RMSNorm(d, eps)
+        self.post_attention_layernorm = RMSNorm(d, eps)
+        self.pre_feedforward_layernorm = RMSNorm(d, eps)
+        self.post_feedforward_layernorm = RMSNorm(d, eps)
+        self.altup = AltUp(config)
+        self.laurel = Laurel(config)
+        self.per_layer_input_gate = nn.Linear(d, config.hidden_size_per_layer_input, bias=False)
+        self.per_layer_projection = nn.Linear(config.hidden_size_per_layer_input, d, bias=False)
+        self.post_per_layer_input_norm = RMSNorm(d, eps)
+
+    def forward(self, streams: torch.Tensor, per_layer_input: torch.Tensor, ctx: AttentionContext,
+                cache: KVCache | None, shared_kv: dict) -> torch.Tensor:
+        """streams [n, B, T, D], per_layer_input [B, T, P] -> streams."""
+        pred = self.altup.predict(streams)
+        a = pred[self.active]
+        an = self.input_layernorm(a)
+        attn = self.post_attention_layernorm(self.self_attn(an, ctx, *self._keys_values(an, ctx, cache, shared_kv)))
+        x = (a + attn + self.laurel(an)) / math.sqrt(2)
+        x = x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
+        out = self.altup.correct(pred, x)
+        # Per-layer embedding injection, gated by the corrected active stream; added to streams 1.. only.
+        g = out[self.active]
+        if self.correct_scale:
+            g = self.altup.scale_output(g)
+        g = gelu_tanh(self.per_layer_input_gate(g)) * per_layer_input
+        g = self.post_per_layer_input_norm(self.per_layer_projection(g))
+        out[1:] += g
+        return out
+
+    def _keys_values(self, an: torch.Tensor, ctx: AttentionContext, cache: KVCache | None, shared_kv: dict):
+        attn = self.self_attn
+        if attn.shared:
+            # 5.x semantics: the producer's keys/values of this step (full length when cached).
+            return shared_kv[attn.layer_type]
+        k, v = attn.keys_values(an, ctx)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)
+        # Later non-shared layers of the same type overwrite this, so the shared layers see the last one.
+        shared_kv[attn.layer_type] = (k, v)
+        return k, v
+
+
+class TextModel(nn.Module):
+    def __init__(self, config: TextConfig):
+        super().__init__()
+        self.config = config
+        d, n_layers, p = config.hidden_size, config.num_hidden_layers, config.hidden_size_per_layer_input
+        self.embed_tokens = nn.Embedding(config.vocab_size, d)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(n_layers))
+        self.norm = RMSNorm(d, config.rms_norm_eps)
+        self.embed_tokens_per_layer = nn.Embedding(config.vocab_size_per_layer_input, n_layers * p)
+        self.per_layer_model_projection = nn.Linear(d, n_layers * p, bias=False)
+        self.per_layer_projection_norm = RMSNorm(p, config.rms_norm_eps)
+        extra = config.altup_num_inputs - 1
+        self.altup_projections = nn.ModuleList(nn.Linear(d, d, bias=False) for _ in range(extra))
+        self.altup_unembed_projections = nn.ModuleList(nn.Linear(d, d, bias=False) for _ in range(extra))
+        self.rotary = Rotary(config)
+
+    # ---- embeddings ------------------------------------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+    @property
+    def lm_head_weight(self) -> torch.Tensor:
+        """The output projection: tied to the token embeddings (no separate lm_head tensor)."""
+        return self.embed_tokens.weight
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings scaled by sqrt(hidden_size), the scale rounded to the weight dtype (45.25 in bf16)."""
+        w = self.embed_tokens.weight
+        return self.embed_tokens(input_ids) * rounded(self.config.hidden_size**0.5, w.dtype)
+
+    def per_layer_inputs(self, input_ids: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+        """PLE [B, T, L, P]: a per-layer table lookup (audio/vision ids read row 0) plus a projection of
+        the merged embeddings, each scaled, the sum scaled by 1/sqrt(2)."""
+        c = self.config
+        shape = (*input_ids.shape, c.num_hidden_layers, c.hidden_size_per_layer_input)
+        in_table = (input_ids >= 0) & (input_ids < c.vocab_size_per_layer_input)
+        table = self.embed_tokens_per_layer
+        tok = table(torch.where(in_table, input_ids, 0)) * rounded(c.hidden_size_per_layer_input**0.5,
+                                                                   table.weight.dtype)
+        proj = self.per_layer_model_projection(embeds) * rounded(c.hidden_size**-0.5, embeds.dtype)
+        proj = self.per_layer_projection_norm(proj.reshape(shape))
+        return (proj + tok.reshape(shape)) * rounded(_INV_SQRT2, embeds.dtype)
+
+    # ---- forward ----------------------------------------------------------------------------------------
+    def new_cache(self) -> KVCache:
+        return KVCache()
+
+    def forward(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor | None = None,
+                cache: KVCache | None = None, last_only: bool = False) -> torch.Tensor:
+        """input_ids [B, T] (always needed: PLE reads them); inputs_embeds [B, T, D] replaces the token
+        embeddings when given (multimodal merge done by the caller). With a cache, the T positions continue
+        after the cached ones and are appended to it. Returns soft-capped logits [B, T or 1, vocab]."""
+        hidden = self.hidden_states(input_ids, inputs_embeds, cache)
+        return self.head(hidden[:, -1:] if last_only else hidden)
+
+    def hidden_states(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor | None = None,
+                      cache: KVCache | None = None) -> torch.Tensor:
+        """The final-normed hidden states [B, T, D] (forward without the head)."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, length], got shape {list(input_ids.shape)}")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed(input_ids)
+        elif inputs_embeds.shape[:2] != input_ids.shape or inputs_embeds.shape[-1] != self.config.hidden_size:
+            raise ValueError(f"inputs_embeds shape {list(inputs_embeds.shape)} does not match input_ids "
+                             f"{list(input_ids.shape)} x hidden_size {self.config.hidden_size}")
+        embeds = inputs_embeds.to(self.dtype)
+        ple = self.per_layer_inputs(input_ids, embeds)
+        start = cache.begin(input_ids.shape[1]) if cache is not None else 0
+        try:
+            streams = self._run_layers(self._expand(embeds), ple, start, cache)
+        except BaseException:
+            if cache is not None:
+                cache.crop(start)  # leave the cache as it was before this forward
+            raise
+        if cache is not None:
+            cache.end()
+        return self.norm(self._collapse(streams))
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Tied projection onto the vocabulary, then cap * tanh(logits / cap) in the logits dtype."""
+        logits = hidden @ self.embed_tokens.weight.T
+        cap = self.config.final_logit_softcapping
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def _run_layers(self, streams: torch.Tensor, ple: torch.Tensor, start: int, cache: KVCache | None):
+        c = self.config
+        t = streams.shape[2]
+        contexts = {typ: attention_context(c, self.rotary, typ, start, t, streams.device, streams.dtype)
+                    for typ in set(c.layer_types)}
+        shared_kv: dict = {}
+        for i, layer in enumerate(self.layers):
+            streams = layer(streams, ple[:, :, i], contexts[c.layer_types[i]], cache, shared_kv)
+        return streams
+
+    def _expand(self, h0: torch.Tensor) -> torch.Tensor:
+        """[B, T, D] -> AltUp streams [n, B, T, D]: stream 0 is the embedding, the others projections of
+        it rescaled to its RMS."""
+        target = rms(h0)
+        extra = [match_magnitude(proj(h0), target) for proj in self.altup_projections]
+        return torch.stack([h0, *extra], dim=0)
+
+    def _collapse(self, streams: torch.Tensor) -> torch.Tensor:
+        target = rms(streams[0])
+        extra = [match_magnitude(proj(s), target) for proj, s in zip(self.altup_unembed_projections, streams[1:])]
+        return torch.stack([streams[0], *extra]).mean(dim=0)
