@@ -62,7 +62,7 @@ def _parse_line(raw: str, where: str, base: Path, check_audio: bool) -> Utteranc
             raise ManifestError(f"{where}: field {name!r} must be a string, got {type(obj[name]).__name__}")
     if (obj.get("translation") is None) != (obj.get("target_language") is None):
         raise ManifestError(f"{where}: 'translation' and 'target_language' must be given together")
-    audio = (base / obj["audio"]).resolve()
+    audio = Path(os.path.normpath(base / obj["audio"]))  # normpath, not resolve: keep symlinked folders
     if check_audio and not audio.is_file():
         raise ManifestError(f"{where}: audio file not found: {audio}")
     return Utterance(obj["id"], audio, obj["text"], obj["language"], obj.get("translation"),
@@ -81,7 +81,7 @@ def read_manifest(path: str | Path, check_audio: bool = True) -> list[Utterance]
         if not raw.strip():
             continue
         where = f"{path} line {number}"
-        utt = _parse_line(raw, where, path.parent.resolve(), check_audio)
+        utt = _parse_line(raw, where, path.parent.absolute(), check_audio)
         if utt.id in seen:
             raise ManifestError(f"{where}: duplicate id {utt.id!r} (first on line {seen[utt.id]})")
         seen[utt.id] = number
@@ -93,7 +93,7 @@ def write_manifest(path: str | Path, utterances: Iterable[Utterance]) -> int:
     """Write a manifest atomically (temporary file, then rename); returns the number of lines."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    base = path.parent.resolve()
+    base = path.parent.absolute()
     tmp = path.with_name(path.name + ".tmp")
     count = 0
     with open(tmp, "w", encoding="utf-8") as f:
@@ -107,7 +107,7 @@ def write_manifest(path: str | Path, utterances: Iterable[Utterance]) -> int:
 def _need_audio(audio: Path, where: str) -> Path:
     if not audio.is_file():
         raise ManifestError(f"{where}: audio file not found: {audio}")
-    return audio.resolve()
+    return Path(os.path.normpath(audio.absolute()))
 
 
 # ---- LibriSpeech: <root>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt + <utterance id>.flac
