@@ -18,6 +18,7 @@ runs reach the model unchanged, and decode(encode(text)) == text for any text (b
 """
 from __future__ import annotations
 
+import io
 import json
 import struct
 from collections.abc import Iterable
@@ -92,7 +93,6 @@ def _tail_pieces(n: int) -> list[tuple[str, int]]:
 
 
 def _train_proto(texts: list[str], vocab_size: int, model_type: str, byte_fallback: bool) -> bytes:
-    import io
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts), model_writer=model, model_type=model_type, vocab_size=vocab_size,

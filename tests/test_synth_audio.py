@@ -11,8 +11,8 @@ pytest.importorskip("wordfreq")
 if shutil.which("espeak-ng") is None:
     pytest.skip("espeak-ng is not installed", allow_module_level=True)
 
-from asr.synth import (SAMPLE_RATE, SynthOptions, build_dataset, build_heldout, example_spec,  # noqa: E402
-                       read_manifest, render, synthesize)
+from asr.synth import (AUDIO_SUFFIX, SAMPLE_RATE, SynthOptions, build_dataset,  # noqa: E402
+                       build_heldout, example_spec, read_manifest, render, synthesize)
 
 
 def test_synthesize_gives_16khz_speech():
@@ -49,10 +49,10 @@ def test_dataset_is_written_cached_and_guarded(tmp_path):
         audio, rate = sf.read(r["audio"], dtype="float32")
         assert rate == SAMPLE_RATE and audio.size > SAMPLE_RATE // 4
     first = json.loads(manifest.read_text().splitlines()[0])
-    assert first["audio"] == f"audio/{first['id']}.wav", "audio path is relative to the manifest"
-    stamp = (tmp_path / "train" / "audio" / f"{first['id']}.wav").stat().st_mtime_ns
+    assert first["audio"] == f"audio/{first['id']}{AUDIO_SUFFIX}", "audio path is relative to the manifest"
+    stamp = (tmp_path / "train" / "audio" / f"{first['id']}{AUDIO_SUFFIX}").stat().st_mtime_ns
     assert build_dataset(tmp_path / "train", count=3, seed=1, options=options) == manifest
-    assert (tmp_path / "train" / "audio" / f"{first['id']}.wav").stat().st_mtime_ns == stamp, "cache reused"
+    assert (tmp_path / "train" / "audio" / f"{first['id']}{AUDIO_SUFFIX}").stat().st_mtime_ns == stamp, "cache reused"
     with pytest.raises(ValueError, match="other settings"):
         build_dataset(tmp_path / "train", count=3, seed=2, options=options)
 
