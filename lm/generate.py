@@ -1,0 +1,93 @@
+"""Autoregressive decoding with the KV cache: one prefill, then one token per step.
+
+The model knows nothing about text; this module knows nothing about audio. The caller supplies the
+prompt ids (and, for multimodal prompts, the merged embeddings), the stop ids and the options.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .kv_cache import KVCache
+from .sampling import SamplingOptions, make_generator, sample
+
+
+@dataclass(frozen=True)
+class RepetitionGuard:
+    """Stop when the output ends in a loop: a unit of at most `max_period` tokens repeated back to back at
+    least `min_repeats` times over at least `min_span` tokens (so 'ha ha' or '...' are left alone)."""
+
+    max_period: int = 16
+    min_repeats: int = 4
+    min_span: int = 24
+
+    def loop_start(self, ids: list[int]) -> int | None:
+        """Where the output should end if it ends in a loop: after the loop's first unit. None if no loop."""
+        for p in range(1, self.max_period + 1):
+            need = max(p * self.min_repeats, self.min_span)
+            if len(ids) < need or ids[-need + p:] != ids[-need:-p]:
+                continue
+            start = len(ids) - need
+            while start > 0 and ids[start - 1] == ids[start - 1 + p]:
+                start -= 1
+            return start + p
+        return None
+
+
+def _as_batch(input_ids, device: torch.device) -> torch.Tensor:
+    ids = torch.as_tensor(input_ids, device=device)
+    if ids.dim() == 1:
+        ids = ids[None]
+    if ids.dim() != 2 or ids.shape[0] != 1 or ids.shape[1] == 0:
+        raise ValueError(f"generate decodes one non-empty sequence: input_ids must be [1, L], got {list(ids.shape)}")
+    return ids.long()
+
+
+@torch.inference_mode()
+def generate(model, input_ids, inputs_embeds: torch.Tensor | None = None, max_new_tokens: int = 256,
+             stop_ids=(), sampling: SamplingOptions = SamplingOptions(), forced_prefix_ids=None,
+             cache: KVCache | None = None, repetition_guard: bool | RepetitionGuard = False) -> list[int]:
+    """Continue the prompt `input_ids` [1, L] (or [L]); returns the new ids, without the forced prefix and
+    without the stop id that ended generation.
+
+    inputs_embeds [1, L, D]: the prompt's embeddings when they are not just the token embeddings.
+    forced_prefix_ids: answer tokens appended to the prompt in the same prefill (the model continues them).
+    cache: a `KVCache` whose first `cache.length` positions already hold a prefix of this same prompt; only
+    the rest is computed. Afterwards it holds the prompt, the forced prefix and every generated token but
+    the last, so a caller can crop it back to a shared prefix and call again.
+    repetition_guard: True for `RepetitionGuard()`; when a loop is found, generation stops and the output
+    is cut after the loop's first unit.
+    """
+    device = model.embed_tokens.weight.device
+    ids = _as_batch(input_ids, device)
+    if inputs_embeds is not None and inputs_embeds.shape[:2] != ids.shape:
+        raise ValueError(f"inputs_embeds {list(inputs_embeds.shape)} does not match input_ids {list(ids.shape)}")
+    if forced_prefix_ids:
+        forced = _as_batch(forced_prefix_ids, device)
+        if inputs_embeds is not None:
+            inputs_embeds = torch.cat([inputs_embeds.to(model.dtype), model.embed(forced)], dim=1)
+        ids = torch.cat([ids, forced], dim=1)
+    guard = RepetitionGuard() if repetition_guard is True else (repetition_guard or None)
+    stops = {int(s) for s in stop_ids}
+    cache = cache if cache is not None else KVCache()
+    # Reuse the cached prefix; at least one position must be run to get the next token's logits.
+    done = min(cache.length, ids.shape[1] - 1)
+    cache.crop(done)
+    generator = make_generator(sampling, device)
+
+    logits = model(ids[:, done:], None if inputs_embeds is None else inputs_embeds[:, done:], cache=cache,
+                   last_only=True)
+    out: list[int] = []
+    while len(out) < max_new_tokens:
+        token = sample(logits[:, -1], sampling, generator)
+        value = int(token)
+        if value in stops:
+            break
+        out.append(value)
+        if guard is not None and (cut := guard.loop_start(out)) is not None:
+            return out[:cut]
+        if len(out) == max_new_tokens:
+            break
+        logits = model(token[:, None], cache=cache, last_only=True)
+    return out
