@@ -37,11 +37,12 @@ class DecodeOptions:
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
     # "padded": the reference layout, 188 slots with unused ones holding the audio padding embedding.
     # "compact": only the real audio tokens (what streaming uses to recompute little per update).
-    audio_layout: str = "padded"
+    # None: the layout the model was trained with (config.json metadata), else "padded".
+    audio_layout: str | None = None
     repetition_guard: bool = True
 
     def __post_init__(self):
-        if self.audio_layout not in ("padded", "compact"):
+        if self.audio_layout not in (None, "padded", "compact"):
             raise ValueError(f"audio_layout must be 'padded' or 'compact', not {self.audio_layout!r}")
         if self.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
@@ -197,10 +198,14 @@ class SpeechModel(nn.Module):
         emb[0, prompt.audio_start:prompt.audio_start + prompt.n_audio] = audio.to(emb.dtype)
         return ids, emb
 
-    def audio_block(self, audio: torch.Tensor, layout: str) -> torch.Tensor:
+    @property
+    def default_audio_layout(self) -> str:
+        return self.metadata.get("audio_layout", "padded")
+
+    def audio_block(self, audio: torch.Tensor, layout: str | None = None) -> torch.Tensor:
         """The audio slots' contents: real tokens, then (padded layout) the padding embedding up to 188."""
         slots = self.config.audio_soft_tokens_per_image
-        if layout == "compact":
+        if (layout or self.default_audio_layout) == "compact":
             return audio
         if audio.shape[0] > slots:
             raise ValueError(f"{audio.shape[0]} audio tokens do not fit the {slots} slots of the padded layout "
