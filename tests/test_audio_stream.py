@@ -120,3 +120,23 @@ def test_misuse_is_reported(encoder):
     stream.flush()
     with pytest.raises(RuntimeError, match="after flush"):
         stream.push(np.zeros(10, dtype=np.float32))
+
+
+REAL = "/work/shared/data/audio/english.wav"
+
+
+@pytest.mark.skipif(not __import__("os").path.exists(REAL), reason="shared audio data not present")
+def test_real_speech_fp32_and_bf16(encoder):
+    """Real speech in 1000-sample pushes: fp32 equals offline (1e-4); a bf16 encoder stays within 3e-2
+    of its own offline run (bf16 rounding differs with the matmul shapes, as bf16 vs fp32 does)."""
+    from audio_encoder.audio import load_audio
+
+    wave = load_audio(REAL)
+    _assert_close(_streamed(encoder, wave, [1000]), _offline(encoder, wave), "english.wav fp32")
+    enc_bf16 = AudioEncoder(encoder.config).eval()
+    enc_bf16.load_state_dict(encoder.state_dict())
+    enc_bf16 = enc_bf16.to(torch.bfloat16)
+    got, expected = _streamed(enc_bf16, wave, [1000]), _offline(enc_bf16, wave)
+    assert got.dtype == torch.bfloat16 and got.shape == expected.shape
+    err = float((got.float() - expected.float()).abs().max() / expected.float().abs().max())
+    assert err <= 3e-2, f"bf16 stream vs offline relative error {err} > 3e-2"
