@@ -100,3 +100,16 @@ def test_covost2(tmp_path):
     assert len(datasets.from_covost2(tsv, clips)) == 2
     with pytest.raises(ManifestError, match="expected a name like covost_v2.fr_en.tsv"):
         datasets.from_covost2(tmp_path / "pairs.tsv", clips)
+
+
+def test_prepare_command(tmp_path, capsys):
+    from eval import prepare
+
+    chapter = tmp_path / "ls" / "1" / "2"
+    silence(chapter / "1-2-0000.flac", fmt="FLAC")
+    (chapter / "1-2.trans.txt").write_text("1-2-0000 A WORD\n")
+    out = tmp_path / "sets" / "ls.jsonl"
+    assert prepare.main(["librispeech", str(tmp_path / "ls"), "--out", str(out)]) == 0
+    assert [u.text for u in read_manifest(out)] == ["A WORD"]
+    assert prepare.main(["librispeech", str(tmp_path / "sets"), "--out", str(out)]) == 2
+    assert "no *.trans.txt files under" in capsys.readouterr().err
