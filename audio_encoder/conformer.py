@@ -98,12 +98,12 @@ class LocalAttention(nn.Module):
         values = torch.cat([state.values, self.v_proj(x).view(shape)], dim=1)
         key_valid = torch.cat([state.valid, valid], dim=1)
         pos = self.relative_position_embedding(q.dtype)
-        out = torch.cat([self._window(q[:, s:s + QUERY_CHUNK], keys[:, s:s + QUERY_CHUNK + self.max_past],
-                                      values[:, s:s + QUERY_CHUNK + self.max_past],
-                                      key_valid[:, s:s + QUERY_CHUNK + self.max_past], pos)
-                         for s in range(0, t, QUERY_CHUNK)], dim=1)
         p = self.max_past
-        return out, (keys[:, keys.shape[1] - p:], values[:, values.shape[1] - p:], key_valid[:, key_valid.shape[1] - p:])
+        parts = []
+        for s in range(0, t, QUERY_CHUNK):  # queries s .. e - 1 use keys s .. e - 1 + p (p of them earlier)
+            e = min(s + QUERY_CHUNK, t)
+            parts.append(self._window(q[:, s:e], keys[:, s:e + p], values[:, s:e + p], key_valid[:, s:e + p], pos))
+        return torch.cat(parts, dim=1), (keys[:, t:], values[:, t:], key_valid[:, t:])
 
     def _window(self, q, keys, values, key_valid, pos):
         """Queries [B, T, H, D] against their own window of P + 1 keys: keys[:, t .. t + P]."""

@@ -42,7 +42,8 @@ class AudioEmbedder(nn.Module):
         """Absolute audio token ids in [vocab_offset, vocab_offset + vocab_size) -> [..., text_hidden]."""
         index = ids - self.vocab_offset
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.vocab_size):
-            raise ValueError(f"audio token ids must lie in [{self.vocab_offset}, {self.vocab_offset + self.vocab_size}), "
+            hi = self.vocab_offset + self.vocab_size
+            raise ValueError(f"audio token ids must lie in [{self.vocab_offset}, {hi}), "
                              f"got ids from {int(ids.min())} to {int(ids.max())}")
         x = self.hard_embedding_norm(self.embedding(index))
         return self.embedding_post_projection_norm(self.embedding_projection(x))

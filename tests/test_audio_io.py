@@ -14,7 +14,8 @@ AUDIO_FILES = sorted(p for p in DATA.glob("*") if p.suffix in (".wav", ".flac", 
 @pytest.mark.skipif(not AUDIO_FILES, reason="shared audio data not present")
 @pytest.mark.parametrize("path", AUDIO_FILES, ids=lambda p: p.name)
 def test_every_shared_file_loads_as_16k_mono_float32(path):
-    """Each file decodes to float32 mono 16 kHz, with the duration soundfile reports (+-1 sample) and samples in range."""
+    """Each file decodes to float32 mono 16 kHz, with the duration soundfile reports (+-1 sample)
+    and samples in range."""
     info = sf.info(str(path))
     waveform = load_audio(path)
     assert waveform.dtype == np.float32 and waveform.ndim == 1
