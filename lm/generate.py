@@ -55,7 +55,8 @@ def generate(model, input_ids, inputs_embeds: torch.Tensor | None = None, max_ne
     forced_prefix_ids: answer tokens appended to the prompt in the same prefill (the model continues them).
     cache: a `KVCache` whose first `cache.length` positions already hold a prefix of this same prompt; only
     the rest is computed. Afterwards it holds the prompt, the forced prefix and every generated token but
-    the last, so a caller can crop it back to a shared prefix and call again.
+    the last (and, after a repetition-guard cut, the loop as generated), so a caller can crop it back to a
+    shared prefix and call again.
     repetition_guard: True for `RepetitionGuard()`; when a loop is found, generation stops and the output
     is cut after the loop's first unit.
     """
