@@ -69,6 +69,27 @@ def test_encoder_matches_reference_fp32(pair, frames):
     assert float(tokens[~valid].abs().sum()) == 0.0  # invalid tokens zeroed
 
 
+@pytest.mark.parametrize("override", [
+    dict(hidden_size=384, conf_num_attention_heads=2, conf_num_hidden_layers=1),  # head_dim 192 as in E2B
+    dict(conf_attention_context_left=5, conf_attention_chunk_size=4, conf_conv_kernel_size=3,
+         conf_num_hidden_layers=3, conf_reduction_factor=2),
+], ids=["head192", "window5"])
+def test_other_config_shapes_match_reference(override):
+    """Sizes, window, conv kernel and reduction all come from the config (1e-4 relative)."""
+    kwargs = {**audio_config_kwargs(), **override}
+    torch.manual_seed(0)
+    ref = ref_mod.Gemma3nAudioEncoder(transformers.Gemma3nAudioConfig(**kwargs)).eval()
+    _rerandomize(ref, 2)
+    ours = AudioEncoder(AudioConfig.from_dict(kwargs)).eval()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    features, mask = _batch(150, 1)
+    with torch.no_grad():
+        expected = ref(features, ~mask).last_hidden_state
+        tokens, _ = ours(features, mask)
+    err = _rel(tokens, expected)
+    assert tokens.shape == expected.shape and err <= RTOL_FP32, f"{override}: relative error {err}"
+
+
 def test_encoder_matches_reference_bf16(pair):
     ref, ours = pair
     ref_b, ours_b = ref_mod.Gemma3nAudioEncoder(ref.config).eval(), AudioEncoder(ours.config).eval()
