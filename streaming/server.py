@@ -161,7 +161,8 @@ class Connection:
             if ending is not None:
                 await self._finish(ending)
         except ConnectionClosed:
-            log.info("session %s: client disconnected", self.id)
+            if not self.failed:
+                log.info("session %s: client disconnected", self.id)
         finally:
             if self.lane is not None:
                 self.lane.close()
@@ -322,10 +323,12 @@ class StreamingServer:
         self._shutdown_event: asyncio.Event | None = None
         self._shutdown_wait: asyncio.Future | None = None
         self._next_id = 0
+        self._port = self.options.port
 
     @property
     def port(self) -> int:
-        return self._ws_server.sockets[0].getsockname()[1]
+        """The bound port (the real one when options.port is 0); kept after shutdown."""
+        return self._port
 
     @property
     def shutting_down(self) -> bool:
@@ -339,6 +342,7 @@ class StreamingServer:
         self._shutdown_wait = asyncio.ensure_future(self._shutdown_event.wait())
         self._ws_server = await serve(self._handler, o.host, o.port, process_request=self._process_request,
                                       compression=None, max_size=o.transport_max_bytes, max_queue=8)
+        self._port = self._ws_server.sockets[0].getsockname()[1]
         log.info("listening on ws://%s:%d (max %d sessions%s)", o.host, self.port, o.max_sessions,
                  ", token required" if o.token else "")
 
