@@ -6,6 +6,7 @@ prompt ids (and, for multimodal prompts, the merged embeddings), the stop ids an
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -47,7 +48,8 @@ def _as_batch(input_ids, device: torch.device) -> torch.Tensor:
 @torch.inference_mode()
 def generate(model, input_ids, inputs_embeds: torch.Tensor | None = None, max_new_tokens: int = 256,
              stop_ids=(), sampling: SamplingOptions = SamplingOptions(), forced_prefix_ids=None,
-             cache: KVCache | None = None, repetition_guard: bool | RepetitionGuard = False) -> list[int]:
+             cache: KVCache | None = None, repetition_guard: bool | RepetitionGuard = False,
+             embed: Callable[[torch.Tensor], torch.Tensor] | None = None, suppress_ids=()) -> list[int]:
     """Continue the prompt `input_ids` [1, L] (or [L]); returns the new ids, without the forced prefix and
     without the stop id that ended generation.
 
@@ -59,15 +61,22 @@ def generate(model, input_ids, inputs_embeds: torch.Tensor | None = None, max_ne
     shared prefix and call again.
     repetition_guard: True for `RepetitionGuard()`; when a loop is found, generation stops and the output
     is cut after the loop's first unit.
+    embed: how new ids (forced prefix, generated tokens) are embedded; default `model.embed`. A multimodal
+    caller passes its own merge, so that ids in the audio range go through the audio embedder as the
+    reference does (random test models do generate such ids).
+    suppress_ids: ids never generated (their logits set to -inf), like transformers' `suppress_tokens`.
     """
     device = model.embed_tokens.weight.device
     ids = _as_batch(input_ids, device)
     if inputs_embeds is not None and inputs_embeds.shape[:2] != ids.shape:
         raise ValueError(f"inputs_embeds {list(inputs_embeds.shape)} does not match input_ids {list(ids.shape)}")
+    if inputs_embeds is None and embed is not None:
+        inputs_embeds = embed(ids)
     if forced_prefix_ids:
         forced = _as_batch(forced_prefix_ids, device)
         if inputs_embeds is not None:
-            inputs_embeds = torch.cat([inputs_embeds.to(model.dtype), model.embed(forced)], dim=1)
+            new = (embed or model.embed)(forced)
+            inputs_embeds = torch.cat([inputs_embeds.to(model.dtype), new.to(model.dtype)], dim=1)
         ids = torch.cat([ids, forced], dim=1)
     guard = RepetitionGuard() if repetition_guard is True else (repetition_guard or None)
     stops = {int(s) for s in stop_ids}
@@ -79,9 +88,13 @@ def generate(model, input_ids, inputs_embeds: torch.Tensor | None = None, max_ne
 
     logits = model(ids[:, done:], None if inputs_embeds is None else inputs_embeds[:, done:], cache=cache,
                    last_only=True)
+    suppress = torch.tensor(sorted({int(i) for i in suppress_ids}), dtype=torch.long, device=device)
     out: list[int] = []
     while len(out) < max_new_tokens:
-        token = sample(logits[:, -1], sampling, generator)
+        last = logits[:, -1]
+        if suppress.numel():
+            last = last.index_fill(-1, suppress, float("-inf"))
+        token = sample(last, sampling, generator)
         value = int(token)
         if value in stops:
             break
@@ -90,5 +103,6 @@ def generate(model, input_ids, inputs_embeds: torch.Tensor | None = None, max_ne
             return out[:cut]
         if len(out) == max_new_tokens:
             break
-        logits = model(token[:, None], cache=cache, last_only=True)
+        step = token[:, None]
+        logits = model(step, None if embed is None else embed(step), cache=cache, last_only=True)
     return out

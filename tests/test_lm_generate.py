@@ -86,3 +86,20 @@ def test_cache_holding_the_whole_prompt_is_rolled_back_one():
     with torch.no_grad():
         model(ids, cache=cache)
     assert generate(model, ids, max_new_tokens=4, cache=cache) == generate(model, ids, max_new_tokens=4)
+
+
+def test_embed_hook_and_suppressed_ids():
+    model = tiny_model()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    plain = generate(model, ids, max_new_tokens=6)
+    assert generate(model, ids, max_new_tokens=6, embed=model.embed) == plain
+    calls = []
+
+    def doubled(x):
+        calls.append(x.shape[1])
+        return 2 * model.embed(x)
+
+    assert generate(model, ids, max_new_tokens=6, embed=doubled) != plain
+    assert calls == [4, 1, 1, 1, 1, 1]  # the prompt, then every fed-back token
+    banned = set(plain)
+    assert not banned & set(generate(model, ids, max_new_tokens=6, suppress_ids=banned))
