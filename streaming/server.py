@@ -467,15 +467,20 @@ def load_factory(args: argparse.Namespace) -> tuple[P.SessionFactory, str]:
     return session_factory(model), name
 
 
-async def serve_until_signal(factory: P.SessionFactory, options: ServerOptions) -> None:
-    """Run until SIGTERM/SIGINT, then shut down gracefully."""
-    server = StreamingServer(factory, options)
+async def serve_until_signal(server: StreamingServer) -> None:
+    """Start `server` and run it until SIGTERM/SIGINT, then shut it down gracefully."""
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    try:
+        await stop.wait()
+        log.info("signal received")
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
     await server.shutdown()
 
 
@@ -489,5 +494,5 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"asr serve: {err}", file=sys.stderr)
         return 2
-    asyncio.run(serve_until_signal(factory, replace(options, model_name=name)))
+    asyncio.run(serve_until_signal(StreamingServer(factory, replace(options, model_name=name))))
     return 0

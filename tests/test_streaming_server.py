@@ -361,3 +361,30 @@ def test_graceful_shutdown_delivers_finals_and_done():
     messages, code, refused = run(main())
     assert [f["text"] for f in finals(messages)] == ["w4", "w7"]
     assert messages[-1]["stats"]["ended_by"] == "server_shutdown" and code == 1000 and refused
+
+
+def test_sigterm_finishes_sessions_then_stops():
+    """serve_until_signal: SIGTERM -> the open session still gets its finals and done, close 1000."""
+    import os
+    import signal
+    from streaming.server import serve_until_signal
+
+    async def main():
+        server = StreamingServer(factory, ServerOptions(port=0))
+        task = asyncio.create_task(serve_until_signal(server))
+        for _ in range(200):
+            if server.port:
+                break
+            await asyncio.sleep(0.01)
+        async with connect(url(server)) as ws:
+            await ws.send('{"type": "start"}')
+            await recv(ws)
+            await ws.send(s16(bursts([0.6], gap=0.05)))
+            await asyncio.sleep(0.1)
+            os.kill(os.getpid(), signal.SIGTERM)
+            messages = await recv_until(ws, "done")
+            code = await closed(ws)
+        await asyncio.wait_for(task, T)
+        return messages, code
+    messages, code = run(main())
+    assert [f["text"] for f in finals(messages)] == ["w6"] and code == 1000
