@@ -129,6 +129,10 @@ class SpeechModel(nn.Module):
             emb = torch.where(is_audio.unsqueeze(-1), hard.to(emb.dtype), emb)
         return emb
 
+    def non_text_ids(self) -> range:
+        """Vision and audio ids: never part of an answer, so decoding suppresses them."""
+        return range(self.config.text.vocab_size_per_layer_input, self.config.text.vocab_size)
+
     def audio_padding_embedding(self) -> torch.Tensor:
         ids = torch.tensor([self.config.audio_pad_token_id], device=self.device)
         return self.embed_audio.embed_hard(ids)[0]
@@ -224,7 +228,8 @@ class SpeechModel(nn.Module):
         forced = tok.encode(forced_prefix) if forced_prefix else []
         new = generate(self.language_model, ids, inputs_embeds=emb, max_new_tokens=options.max_new_tokens,
                        stop_ids=self.stop_ids, sampling=options.sampling, forced_prefix_ids=forced or None,
-                       repetition_guard=options.repetition_guard)
+                       repetition_guard=options.repetition_guard, embed=self.embed_ids,
+                       suppress_ids=self.non_text_ids())
         return forced_prefix + tok.decode(new)
 
     def transcribe_window(self, waveform, task: str = "transcribe", language: str | None = None,

@@ -87,21 +87,32 @@ def test_greedy_generation_token_identical(pair):
     ids = _prompt_ids(ref.config, 1, seed=3)
     with torch.no_grad():
         out = ref.generate(input_ids=ids, input_features=feats, input_features_mask=mask, max_new_tokens=20,
-                           do_sample=False, eos_token_id=None, pad_token_id=0)
+                           do_sample=False, eos_token_id=None, pad_token_id=0,
+                           suppress_tokens=list(ours.non_text_ids()))
     expected = out[0, ids.shape[1]:].tolist()
     emb = ours.merged_embeddings(ids, feats, mask)
     with torch.inference_mode():
-        got = generate(ours.language_model, ids, inputs_embeds=emb, max_new_tokens=20, stop_ids=())
+        got = generate(ours.language_model, ids, inputs_embeds=emb, max_new_tokens=20, stop_ids=(),
+                       embed=ours.embed_ids, suppress_ids=ours.non_text_ids())
     assert len(expected) == 20
     assert got == expected
 
 
-def test_bfloat16_close_to_float32(pair):
-    _, ours32, directory = pair
+def test_bfloat16_as_close_as_the_reference_bfloat16(pair):
+    """bf16 is not bit-exact between implementations (kernel choices round differently), and with random
+    weights the reference's own bf16 logits are 5-20% (of the range) off its fp32 ones. So: our bf16 run
+    must be no further from the fp32 reference than the reference's bf16 run is (x1.5)."""
+    ref, _, directory = pair
     ours16 = asr.load_model(directory, dtype=torch.bfloat16)
     assert ours16.dtype == torch.bfloat16
-    ids = torch.randint(3, 400, (1, 12))
-    a = ours32.logits(ids)
-    b = ours16.logits(ids).float()
-    # bf16 keeps ~3 significant digits; through a few layers and the soft cap 5% of the range is a fair bound
-    assert _rel_err(b, a) < 5e-2
+    ref16 = build_reference("sharing" if ref.config.text_config.num_kv_shared_layers else "matformer")
+    ref16 = ref16.to(torch.bfloat16)
+    rng = np.random.default_rng(2)
+    feats, mask = _features([rng.standard_normal(16000 * 2).astype(np.float32) * 0.1])
+    ids = _prompt_ids(ref.config, 1, seed=5)
+    with torch.no_grad():
+        exact = ref(input_ids=ids, input_features=feats, input_features_mask=mask).logits
+        theirs = ref16(input_ids=ids, input_features=feats.to(torch.bfloat16), input_features_mask=mask).logits
+    got = ours16.logits(ids, feats, mask)
+    assert got.dtype == torch.bfloat16
+    assert _rel_err(got.float(), exact) <= 1.5 * _rel_err(theirs.float(), exact)
