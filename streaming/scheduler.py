@@ -8,6 +8,8 @@ like everyone else. One thread is right for a CPU box (torch already uses the co
 
 Batching across sessions would slot in at `_run_one`: take up to B ready lanes per round and hand
 their jobs to a batched session method in one executor call.
+
+SessionStats does the latency accounting reported in `done` (definitions in docs/protocol.md).
 """
 from __future__ import annotations
 
@@ -192,3 +194,51 @@ class FairScheduler:
             return
         if finishing and not lane.finished.done():
             lane.finished.set_result(None)
+
+
+# --- latency accounting ---------------------------------------------------------------------------
+
+class SessionStats:
+    """Latency accounting for one session, in wall-clock seconds (time.monotonic)."""
+
+    def __init__(self):
+        self._arrivals: deque[tuple[float, float]] = deque()  # (stream seconds received so far, wall time)
+        self.audio_seconds = 0.0
+        self.first_partial_latency: float | None = None
+        self.final_lags: list[float] = []
+
+    def audio_arrived(self, stream_seconds: float) -> None:
+        self.audio_seconds = stream_seconds
+        self._arrivals.append((stream_seconds, time.monotonic()))
+
+    def _arrival(self, t: float) -> float | None:
+        """Wall time at which the stream audio at time t had arrived."""
+        for end, wall in self._arrivals:
+            if end >= t - 1e-6:
+                return wall
+        return self._arrivals[-1][1] if self._arrivals else None
+
+    def sent(self, message: dict) -> None:
+        kind, now = message.get("type"), time.monotonic()
+        if kind not in ("partial", "final"):
+            return
+        if self.first_partial_latency is None and message["text"]:
+            arrived = self._arrival(message["start"])   # speech began -> first words shown
+            if arrived is not None:
+                self.first_partial_latency = now - arrived
+        if kind == "final":
+            arrived = self._arrival(message["end"])     # end of the segment's audio -> its final
+            if arrived is not None:
+                self.final_lags.append(now - arrived)
+            while len(self._arrivals) > 1 and self._arrivals[0][0] < message["end"]:
+                self._arrivals.popleft()   # later events never start before the last final's end
+
+    def summary(self, busy_seconds: float, segments: int) -> dict:
+        lags = np.asarray(self.final_lags, dtype=np.float64)
+        pct = (lambda q: round(float(np.percentile(lags, q)), 3)) if lags.size else (lambda q: None)
+        rnd = (lambda x: None if x is None else round(x, 3))
+        return {"audio_seconds": round(self.audio_seconds, 3),
+                "first_partial_latency": rnd(self.first_partial_latency),
+                "final_lag_p50": pct(50), "final_lag_p95": pct(95),
+                "rtf": round(busy_seconds / self.audio_seconds, 4) if self.audio_seconds > 0 else None,
+                "segments": segments, "processing_seconds": round(busy_seconds, 3)}

@@ -25,14 +25,13 @@ from dataclasses import dataclass, replace
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
-import numpy as np
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from . import protocol as P
-from .scheduler import FairScheduler, Lane
+from .scheduler import FairScheduler, Lane, SessionStats
 
 log = logging.getLogger("streaming.server")
 
@@ -59,52 +58,6 @@ class ServerOptions:
         for name in ("idle_timeout", "max_session_seconds", "shutdown_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ServerOptions.{name} must be > 0 seconds, got {getattr(self, name)}")
-
-
-class SessionStats:
-    """Latency accounting for one session, in wall-clock seconds (time.monotonic)."""
-
-    def __init__(self):
-        self._arrivals: deque[tuple[float, float]] = deque()  # (stream seconds received so far, wall time)
-        self.audio_seconds = 0.0
-        self.first_partial_latency: float | None = None
-        self.final_lags: list[float] = []
-
-    def audio_arrived(self, stream_seconds: float) -> None:
-        self.audio_seconds = stream_seconds
-        self._arrivals.append((stream_seconds, time.monotonic()))
-
-    def _arrival(self, t: float) -> float | None:
-        """Wall time at which the stream audio at time t had arrived."""
-        for end, wall in self._arrivals:
-            if end >= t - 1e-6:
-                return wall
-        return self._arrivals[-1][1] if self._arrivals else None
-
-    def sent(self, message: dict) -> None:
-        kind, now = message.get("type"), time.monotonic()
-        if kind not in ("partial", "final"):
-            return
-        if self.first_partial_latency is None and message["text"]:
-            arrived = self._arrival(message["start"])   # speech began -> first words shown
-            if arrived is not None:
-                self.first_partial_latency = now - arrived
-        if kind == "final":
-            arrived = self._arrival(message["end"])     # end of the segment's audio -> its final
-            if arrived is not None:
-                self.final_lags.append(now - arrived)
-            while len(self._arrivals) > 1 and self._arrivals[0][0] < message["end"]:
-                self._arrivals.popleft()   # later events never start before the last final's end
-
-    def summary(self, busy_seconds: float, segments: int) -> dict:
-        lags = np.asarray(self.final_lags, dtype=np.float64)
-        pct = (lambda q: round(float(np.percentile(lags, q)), 3)) if lags.size else (lambda q: None)
-        rnd = (lambda x: None if x is None else round(x, 3))
-        return {"audio_seconds": round(self.audio_seconds, 3),
-                "first_partial_latency": rnd(self.first_partial_latency),
-                "final_lag_p50": pct(50), "final_lag_p95": pct(95),
-                "rtf": round(busy_seconds / self.audio_seconds, 4) if self.audio_seconds > 0 else None,
-                "segments": segments, "processing_seconds": round(busy_seconds, 3)}
 
 
 @dataclass(frozen=True)
