@@ -102,14 +102,15 @@ def run_transcribe(args) -> int:
                 write_result(result, output_path(name, out_dir, fmt), fmt, metadata=meta)
         except (AudioLoadError, ValueError, OSError) as e:
             failed += 1
-            tqdm.write(f"asr: skipping {name}: {e}", file=sys.stderr)
+            reason = str(e) if isinstance(e, AudioLoadError) else f"{name}: {e}"
+            tqdm.write(f"asr: skipped {reason}", file=sys.stderr)
             continue
         prefix = f"{name}: " if len(args.files) > 1 else ""
         tqdm.write(prefix + result.text)
         if result.translation:
             tqdm.write(prefix + result.translation)
-    if failed:
-        print(f"asr: {failed} of {len(args.files)} file(s) failed", file=sys.stderr)
+    if failed and len(args.files) > 1:
+        print(f"asr: {failed} of {len(args.files)} files failed", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -250,6 +250,7 @@ class SpeechModel(nn.Module):
         """A file path or 16 kHz mono waveform of any length -> Transcription (text, segments)."""
         from .longform import transcribe_long
 
+        self.require_tokenizer()
         return transcribe_long(self, _waveform(audio), task="transcribe", language=language,
                                options=options, progress=progress)
 
@@ -259,6 +260,7 @@ class SpeechModel(nn.Module):
         from .longform import transcribe_long
 
         self.check_task("translate")
+        self.require_tokenizer()
         return transcribe_long(self, _waveform(audio), task="translate", target_language=target_language,
                                source_language=source_language, options=options, progress=progress)
 
