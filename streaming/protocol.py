@@ -223,6 +223,15 @@ class SessionEvent:
             raise ValueError(f"SessionEvent times must be finite with end >= start, got {self.start}..{self.end}")
 
 
+def as_event(obj) -> SessionEvent:
+    """A SessionEvent, or a dict with its fields (sessions may return either)."""
+    if isinstance(obj, SessionEvent):
+        return obj
+    if isinstance(obj, dict):
+        return SessionEvent(**obj)
+    raise TypeError(f"a session returned {type(obj).__name__}, expected SessionEvent or a dict of its fields")
+
+
 class StreamingSession(Protocol):
     """One audio stream's decoding state, without any networking (streaming.session implements it).
 
@@ -233,9 +242,9 @@ class StreamingSession(Protocol):
         finals that cover every stretch of speech fed so far. Called once; no feed() after it.
     """
 
-    def feed(self, pcm: np.ndarray) -> list[SessionEvent]: ...
+    def feed(self, pcm: np.ndarray) -> list[SessionEvent | dict]: ...
 
-    def finish(self) -> list[SessionEvent]: ...
+    def finish(self) -> list[SessionEvent | dict]: ...
 
 
 # factory(start) -> a new session. Raises ValueError for a request the model cannot serve (an unknown

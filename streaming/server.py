@@ -201,7 +201,7 @@ class Connection:
 
     def _deliver(self, events, _seconds: float) -> None:
         task = self.start.task
-        for ev in events:
+        for ev in map(P.as_event, events):
             if ev.kind == "final":
                 self.outbox.put(P.final_message(self.segments, ev.text, ev.start, ev.end, ev.translation, task))
                 self.segments += 1
@@ -259,7 +259,12 @@ class Connection:
             if isinstance(item, _Close):
                 await self.ws.close(item.code, item.reason)
                 return
-            await self.ws.send(P.encode(item))
+            try:
+                await self.ws.send(P.encode(item))
+            except ConnectionClosed:
+                if self.lane is not None:  # the client is gone: stop decoding for it
+                    self.lane.close()
+                raise
             self.stats.sent(item)
 
 

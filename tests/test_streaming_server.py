@@ -321,9 +321,11 @@ def _get(address):
         return e.code, json.loads(e.read())
 
 
-def test_idle_timeout_sends_timeout_then_finals_and_closes_1008():
+@pytest.mark.parametrize("limits", [{"idle_timeout": 0.3}, {"max_session_seconds": 0.5}])
+def test_timeouts_send_timeout_then_finals_and_close_1008(limits):
+    """Idle for too long, or a session older than its limit: timeout, the open word is finished, 1008."""
     async def main():
-        async with running(idle_timeout=0.3) as server, connect(url(server)) as ws:
+        async with running(**limits) as server, connect(url(server)) as ws:
             await ws.send('{"type": "start"}')
             await recv(ws)
             await ws.send(s16(bursts([0.6], gap=0.05)))  # a word still open when the client goes quiet

@@ -59,6 +59,14 @@ def test_server_messages_shape():
         P.error_message("oops", "x")
 
 
+def test_session_events_from_dicts_and_checks():
+    assert P.as_event({"kind": "final", "text": "a", "start": 0.0, "end": 1.0}) == P.SessionEvent("final", "a", 0.0, 1.0)
+    with pytest.raises(ValueError, match="end >= start"):
+        P.SessionEvent("partial", "a", 2.0, 1.0)
+    with pytest.raises(TypeError, match="expected SessionEvent"):
+        P.as_event(("final", "a"))
+
+
 def test_pcm_decoder_s16_stereo_and_odd_bytes():
     start = P.StartRequest(channels=2)
     dec = P.PcmDecoder(start)
