@@ -154,6 +154,7 @@ class Connection:
         if recv in done:
             return recv.result()
         recv.cancel()  # safe with websockets: an unread message stays queued
+        recv.add_done_callback(lambda t: t.cancelled() or t.exception())  # nothing left unretrieved
         if self.server._shutdown_wait in done:
             return _SHUTDOWN
         return _LIFETIME if time.monotonic() >= life_at else _IDLE
