@@ -1,0 +1,247 @@
+"""A live captioning session without the network: `feed(pcm) -> events`, `finish() -> events`.
+
+Audio flows through the exact incremental encoder into a ring of projected audio tokens. webrtcvad
+marks speech: silence never reaches the decoder, and a pause ends the utterance and commits it. While
+an utterance runs, every `update_s` of new audio the uncommitted window is decoded again; LocalAgreement-2
+makes final the words two consecutive hypotheses agree on, and those words are then forced as the
+start of the answer (one prefill) instead of being generated again. The decoder's KV cache keeps the
+prompt prefix and the audio tokens already decoded (the mask is causal); only what follows them is
+recomputed. Windows are trimmed at commits of whole utterances, so work per update stays bounded.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from asr.model import DecodeOptions, SpeechModel
+from audio_encoder.vad import VadOptions, VadStream
+from lm.generate import generate
+from lm.kv_cache import KVCache
+from lm.prompt import instruction, split_translation
+
+from . import policy
+from .protocol import SessionEvent, StartRequest
+from .ring_buffer import TOKEN_SECONDS, TokenRing
+
+SAMPLES_PER_TOKEN = 2560  # 160 ms at 16 kHz
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    task: str = "transcribe"
+    language: str | None = None
+    target_language: str | None = None
+    audio_layout: str | None = None  # None: the layout the model was trained with ("padded" for Gemma 3n)
+    update_s: float = 0.8  # re-decode after this much new speech
+    pause_ms: int = 480  # silence that ends an utterance and commits it
+    preroll_tokens: int = 2  # audio kept before the detected speech onset (VAD reacts late)
+    max_window_s: float = 24.0  # longest uncommitted window; longer speech without a pause is cut here
+    max_new_tokens: int = 96
+    vad: VadOptions = field(default_factory=VadOptions)
+
+    def __post_init__(self):
+        if self.task not in ("transcribe", "translate"):
+            raise ValueError(f"task must be 'transcribe' or 'translate', not {self.task!r}")
+        if self.task == "translate" and not self.target_language:
+            raise ValueError("task 'translate' needs target_language")
+        if not 0.16 <= self.update_s <= 10:
+            raise ValueError(f"update_s must be between 0.16 and 10 seconds, got {self.update_s}")
+        if not 0.5 <= self.max_window_s <= 30:
+            raise ValueError(f"max_window_s must be between 0.5 and 30 seconds, got {self.max_window_s}")
+
+
+class StreamingDecoder:
+    """One stream's state. Not thread-safe: one caller at a time (the server's worker)."""
+
+    def __init__(self, model: SpeechModel, options: SessionOptions = SessionOptions()):
+        model.require_tokenizer()
+        if options.task == "translate":
+            model.check_task("translate")
+        self.model, self.options = model, options
+        self.layout = options.audio_layout or model.default_audio_layout
+        self.decode_options = DecodeOptions(max_new_tokens=options.max_new_tokens, audio_layout=self.layout)
+        self.encoder = model.audio_stream()
+        self.vad = VadStream(options.vad)
+        self.ring = TokenRing(capacity=int(options.max_window_s / TOKEN_SECONDS) + 64)
+        self.cache = KVCache()
+        self.cached_audio = (-1, 0)  # (window start, audio tokens) whose K/V the cache holds after the prefix
+        request = instruction("transcribe", options.language)
+        self.prompt_prefix = model.build_prompt(request, 0).prefix
+        self.request = request
+        self.samples = 0  # samples received
+        self.vad_samples = 0  # samples VAD has classified
+        self.speech_end = 0  # sample where the latest speech frame ended
+        self.utterance: int | None = None  # token index where the current utterance's window starts
+        self.decoded_to = 0  # window end (token index) at the last decode
+        self.agreement = policy.AgreementState()
+        self.window_text: list[str] = []  # words committed in the current window (forced prefix)
+        self.final_end = 0.0  # stream time where the last final ended
+        self.finished = False
+
+    # ---- public ----------------------------------------------------------------------------------
+    def feed(self, pcm: np.ndarray) -> list[SessionEvent]:
+        if self.finished:
+            raise RuntimeError("feed() after finish()")
+        pcm = np.asarray(pcm, dtype=np.float32)
+        self.samples += len(pcm)
+        tokens = self.encoder.push(pcm)
+        self._store(tokens)
+        events: list[SessionEvent] = []
+        for flag in self.vad.push(pcm):
+            frame_end = self.vad_samples + self.options.vad.frame_samples
+            if flag:
+                if self.utterance is None:
+                    onset = self.vad_samples // SAMPLES_PER_TOKEN
+                    self.utterance = max(self.ring.start, onset - self.options.preroll_tokens)
+                    self.decoded_to = self.utterance
+                self.speech_end = frame_end
+            self.vad_samples = frame_end
+            if self.utterance is not None and self._paused():
+                events += self._end_utterance(self._token_after(self.speech_end))
+        events += self._maybe_update()
+        self._drop_silence()
+        return events
+
+    def finish(self) -> list[SessionEvent]:
+        """End of stream: decode what is left of the utterance and commit all of it."""
+        if self.finished:
+            return []
+        self.finished = True
+        self._store(self.encoder.flush())
+        if self.utterance is None:
+            return []
+        return self._end_utterance(self.ring.end)
+
+    # ---- audio bookkeeping -----------------------------------------------------------------------
+    def _store(self, tokens: torch.Tensor) -> None:
+        if tokens.shape[0] == 0:
+            return
+        with torch.inference_mode():
+            soft = self.model.embed_audio.embed_soft(tokens.to(self.model.device, self.model.dtype))
+        if self.ring.free < soft.shape[0]:
+            # Long speech without a pause: the window is cut before the ring overflows (see _maybe_update).
+            self.ring.drop_before(self.ring.start + soft.shape[0] - self.ring.free)
+        self.ring.append(soft)
+
+    def _paused(self) -> bool:
+        return self.vad_samples - self.speech_end >= self.options.pause_ms * 16
+
+    def _token_after(self, sample: int) -> int:
+        """First token index whose audio starts at or after `sample`, capped at the tokens available."""
+        return min(self.ring.end, -(-sample // SAMPLES_PER_TOKEN))
+
+    def _drop_silence(self) -> None:
+        """Outside an utterance, nothing before the current audio is needed any more."""
+        if self.utterance is None:
+            keep = max(self.ring.start, self.ring.end - self.options.preroll_tokens)
+            self.ring.drop_before(keep)
+
+    # ---- decoding ------------------------------------------------------------------------------
+    def _maybe_update(self) -> list[SessionEvent]:
+        if self.utterance is None:
+            return []
+        end = self.ring.end
+        if (end - self.utterance) * TOKEN_SECONDS >= self.options.max_window_s:
+            return self._end_utterance(end, keep_going=True)
+        if (end - self.decoded_to) * TOKEN_SECONDS < self.options.update_s:
+            return []
+        words = self._hypothesis(end)
+        if self.options.task == "translate":
+            # Finals of a translation session come at utterance ends, where the translation of the whole
+            # utterance is decoded; meanwhile the partial shows the transcript hypothesis.
+            return [self._partial(words, end)]
+        self.agreement, step = policy.agree(self.agreement, words, key=policy.loose)
+        events = []
+        if step.committed:
+            events.append(self._final(list(step.committed), self.decoded_to_before))
+        if step.partial or events:
+            events.append(self._partial(step.partial, end))
+        return events
+
+    def _partial(self, words, end_token: int) -> SessionEvent:
+        """The unconfirmed text after the last final, up to the audio decoded so far."""
+        return SessionEvent("partial", policy.join_words(words), self.final_end,
+                            max(self.final_end, end_token * TOKEN_SECONDS))
+
+    def _end_utterance(self, end: int, keep_going: bool = False) -> list[SessionEvent]:
+        """A pause (or the stream's end, or the window limit): everything heard is committed."""
+        end = max(end, self.utterance or 0)
+        events: list[SessionEvent] = []
+        if end > self.utterance:
+            words = self._hypothesis(end)
+            self.agreement, step = policy.commit_all(self.agreement, words)
+            if step.committed:
+                events.append(self._final(list(step.committed), end))
+        # Trim the window: the next utterance starts fresh (its own prompt, no forced prefix).
+        self.ring.drop_before(min(end, self.ring.end))
+        self.utterance = end if keep_going else None
+        self.decoded_to = end
+        self.agreement = policy.AgreementState()
+        self.window_text = []
+        self.cached_audio = (-1, 0)
+        if events or self.options.task == "transcribe":
+            events.append(SessionEvent("partial", "", self.final_end, self.final_end))
+        return events
+
+    def _final(self, words: list[str], end_token: int) -> SessionEvent:
+        """Commit `words`: they join the forced prefix and are reported once, as a final."""
+        self.window_text += words
+        text = policy.join_words(words)
+        start, end = self.final_end, max(self.final_end, end_token * TOKEN_SECONDS)
+        translation = None
+        if self.options.task == "translate":
+            translation = self._translate(policy.join_words(self.window_text), end_token)
+        self.final_end = end
+        return SessionEvent("final", text, start, end, translation)
+
+    def _hypothesis(self, end: int) -> list[str]:
+        """Decode the window [utterance, end) with the committed words forced; the uncommitted words."""
+        self.decoded_to_before = self.decoded_to
+        self.decoded_to = end
+        forced = policy.join_words(self.window_text)
+        text = self._decode(self.utterance, end, self.request, forced)
+        words = text.split()
+        words = words[:policy.repetition_loop(words)]
+        return words
+
+    @torch.inference_mode()
+    def _decode(self, start: int, end: int, request: str, forced: str) -> str:
+        model, tok = self.model, self.model.tokenizer
+        audio = self.ring.window(start, end)
+        block = model.audio_block(audio, self.layout)
+        prompt = model.build_prompt(request, block.shape[0])
+        ids, emb = model.prompt_embeddings(prompt, block)
+        # K/V of the prompt prefix, and of the audio tokens decoded before in this window, are still valid.
+        same_window = self.cached_audio[0] == start and request == self.request
+        reusable = len(prompt.prefix) + (min(self.cached_audio[1], end - start) if same_window else 0)
+        self.cache.crop(min(self.cache.length, reusable))
+        forced_ids = tok.encode(forced) if forced else None
+        new = generate(model.language_model, ids, inputs_embeds=emb, max_new_tokens=self.options.max_new_tokens,
+                       stop_ids=model.stop_ids, forced_prefix_ids=forced_ids, cache=self.cache,
+                       repetition_guard=True, embed=model.embed_ids, suppress_ids=model.non_text_ids())
+        self.cached_audio = (start, end - start) if request == self.request else (-1, 0)
+        return tok.decode(new)
+
+    def _translate(self, transcript: str, end: int) -> str:
+        """The chain-of-thought prompt over the utterance's audio, with the final transcript forced."""
+        request = instruction("translate", self.options.language, self.options.target_language)
+        start = self.utterance if self.utterance is not None else self.ring.start
+        answer = self._decode(start, end, request, transcript + "\n\n")
+        self.cached_audio = (-1, 0)
+        return split_translation(transcript + "\n\n" + answer)[1]
+
+
+def session_factory(model: SpeechModel, **overrides):
+    """What `asr serve` hands the server: start request -> StreamingDecoder over the shared model."""
+
+    def make(start: StartRequest) -> StreamingDecoder:
+        try:
+            options = SessionOptions(task=start.task, language=start.language,
+                                     target_language=start.target_language, **overrides)
+            return StreamingDecoder(model, options)
+        except (ValueError, RuntimeError) as e:  # a model without translation, a missing tokenizer, ...
+            raise ValueError(str(e)) from None
+
+    return make
