@@ -1,0 +1,291 @@
+"""`asr train`: train the small bundled model (Gemma 3n architecture, tiny config) on synthetic speech.
+
+The encoder, audio embedder and decoder learn together, teacher-forced on the transcription prompt exactly
+as inference builds it (compact audio layout: only the real audio tokens in the audio block), with
+cross-entropy on the answer tokens only. An auxiliary CTC loss over the tokenizer's pieces on the audio
+tower's last conformer layer (every 40 ms frame, before the 4x decimation) gives the encoder a direct
+signal early on; its linear head is thrown away. OUT is a loadable checkpoint after every save, and
+OUT/train_state.pt (optimizer, step) lets `--resume` continue exactly: batches are a function of (seed, step).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lm.prompt import instruction
+from lm.spm_train import load_special_ids, train_tokenizer
+from lm.tokenizer import Tokenizer
+
+from .config import METADATA_KEY, SpeechConfig
+from .model import SpeechModel
+from .random_checkpoint import prompt_texts, randomize_, save_checkpoint, small_config
+from .synth import LANGUAGES
+from .train_data import DataOptions, FeatureSet, batch_indices, build_sets, pad_features
+
+STATE_FILE = "train_state.pt"
+LOG_FILE = "train_log.jsonl"
+MODEL_NAME = "gemma3n-speech small (synthetic espeak-ng, 5 languages)"
+
+# Sizes: big enough to learn five languages of synthetic speech, small enough for 2 CPU cores and a
+# package (about 5 M parameters, 20 MB in fp32).
+TEXT_SIZES = {"hidden_size": 160, "hidden_size_per_layer_input": 16, "num_hidden_layers": 4,
+              "intermediate_size": [640] * 4, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 40,
+              "laurel_rank": 16, "sliding_window": 512, "activation_sparsity_pattern": [0.0] * 4,
+              "layer_types": ["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"],
+              "num_kv_shared_layers": 0}
+AUDIO_SIZES = {"hidden_size": 144, "conf_num_hidden_layers": 5, "conf_num_attention_heads": 4,
+               "conf_conv_kernel_size": 5, "sscp_conv_channel_size": [32, 32]}
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    steps: int = 6000
+    batch_size: int = 16
+    lr: float = 2e-3
+    warmup: int = 300
+    final_lr_ratio: float = 0.05  # cosine decays to lr * this
+    weight_decay: float = 0.01
+    clip: float = 1.0
+    ctc_weight: float = 0.3
+    any_language_share: float = 0.2  # prompts without a language name, so `transcribe()` without one works
+    vocab_size: int = 768
+    seed: int = 0
+    eval_every: int = 500
+    checkpoint_minutes: float = 5.0
+
+
+class Trainer:
+    def __init__(self, out: Path, options: TrainOptions, data: DataOptions, data_dir: Path,
+                 device: torch.device, resume: bool):
+        self.out, self.options, self.device = out, options, device
+        self.train_set, self.heldout = build_sets(data_dir, data)
+        state_path = out / STATE_FILE
+        if resume and not state_path.exists():
+            raise ValueError(f"--resume: {state_path} not found (nothing to resume in {out})")
+        if not resume and state_path.exists():
+            raise ValueError(f"{out} already holds a training run ({STATE_FILE}); pass --resume or a new --out")
+        if resume:
+            self.config = json.loads((out / "config.json").read_text())
+        else:
+            texts = [u.text for u in self.train_set.items]
+            ids = train_tokenizer(texts + prompt_texts(), out, vocab_size=options.vocab_size)
+            meta = {"name": MODEL_NAME, "languages": list(LANGUAGES), "tasks": ["transcribe"],
+                    "audio_layout": "compact", "trained": {}}
+            self.config = small_config(ids, text=TEXT_SIZES, audio=AUDIO_SIZES, metadata=meta)
+        self.ids = load_special_ids(out)
+        self.tokenizer = Tokenizer.from_dir(out)
+        torch.manual_seed(options.seed)
+        self.model = SpeechModel(SpeechConfig.from_dict(self.config), self.tokenizer,
+                                 stop_ids=(self.ids.eos, self.ids.end_of_turn), source=str(out))
+        randomize_(self.model, options.seed)
+        for block in self.model.audio_tower.conformer:  # softplus(0): the reference's neutral query scale
+            torch.nn.init.zeros_(block.attention.attn.per_dim_scale)
+        self.ctc_head = torch.nn.Linear(self.config["audio_config"]["hidden_size"], self.ids.text_vocab_size)
+        self.model.to(device)
+        self.ctc_head.to(device)
+        params = list(self.model.parameters()) + list(self.ctc_head.parameters())
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": options.weight_decay},
+                                            {"params": no_decay, "weight_decay": 0.0}], lr=options.lr,
+                                           betas=(0.9, 0.98))
+        self.step, self.seconds = 0, 0.0
+        if resume:
+            self._load_state(state_path)
+        self.lengths = [u.frames for u in self.train_set.items]
+        self._frames = None
+        last = self.model.audio_tower.conformer[-1]
+        last.register_forward_hook(lambda mod, args, output: setattr(self, "_frames", output[0]))
+
+    # ---- one step ------------------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        o = self.options
+        if step < o.warmup:
+            return o.lr * (step + 1) / o.warmup
+        progress = min(1.0, (step - o.warmup) / max(1, o.steps - o.warmup))
+        return o.lr * (o.final_lr_ratio + (1 - o.final_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    def batch(self, step: int) -> list[int]:
+        return batch_indices(self.lengths, self.options.batch_size, self.options.seed, step)
+
+    def losses(self, indices: list[int], step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(answer cross-entropy, CTC) for the utterances `indices` of the training set."""
+        model, tok, items = self.model, self.tokenizer, self.train_set.items
+        features, mask = pad_features([self.train_set.features(i) for i in indices])
+        soft, valid = model.encode_features(features.to(self.device), mask.to(self.device))
+        rng = np.random.default_rng([self.options.seed, step, 1])
+        rows, targets, answers = [], [], []
+        for row, i in enumerate(indices):
+            language = None if rng.random() < self.options.any_language_share else items[i].language
+            prompt = model.build_prompt(instruction("transcribe", language), int(valid[row].sum()))
+            answer = tok.encode(items[i].text)
+            answers.append(answer)
+            rows.append(prompt.ids + answer + [self.ids.end_of_turn])
+            targets.append(len(prompt.ids))  # first answer position
+        ids, labels = _pad_sequences(rows, targets, self.ids.pad)
+        ids, labels = ids.to(self.device), labels.to(self.device)
+        emb = model.embed_ids(ids)
+        slots = (ids == self.config["audio_token_id"]).unsqueeze(-1)
+        emb = emb.masked_scatter(slots, soft[valid].to(emb.dtype))
+        hidden = model.language_model.hidden_states(ids, inputs_embeds=emb)
+        where = labels[:, 1:] >= 0
+        logits = model.language_model.head(hidden[:, :-1][where]).float()
+        ce = F.cross_entropy(logits, labels[:, 1:][where])
+        return ce, self._ctc(mask, answers)
+
+    def _ctc(self, mask: torch.Tensor, answers: list[list[int]]) -> torch.Tensor:
+        frames = self._frames
+        stride = self.model.audio_tower.config.time_stride
+        lengths = mask[:, ::stride].sum(1)[: frames.shape[0]]
+        log_probs = F.log_softmax(self.ctc_head(frames).float(), dim=-1).transpose(0, 1)
+        target = torch.tensor([t for a in answers for t in a], device=self.device)
+        target_lengths = torch.tensor([len(a) for a in answers])
+        # Blank = <pad> (id 0), which no transcript contains. zero_infinity: an utterance too fast for its
+        # frames (rare at 40 ms per frame) gives no gradient instead of inf.
+        return F.ctc_loss(log_probs, target, lengths.clamp(max=frames.shape[1]), target_lengths, blank=self.ids.pad,
+                          zero_infinity=True)
+
+    def train_step(self, step: int) -> dict:
+        self.model.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(step)
+        # The decoder layer adds the per-layer input to its streams in place; this context keeps a copy of
+        # what backward needs instead of failing (inference code stays as the reference computes it).
+        with torch.autograd.graph.allow_mutation_on_saved_tensors():
+            ce, ctc = self.losses(self.batch(step), step)
+            loss = ce + self.options.ctc_weight * ctc
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.options.clip)
+        self.optimizer.step()
+        return {"loss": loss.item(), "ce": ce.item(), "ctc": ctc.item(), "grad_norm": norm.item()}
+
+    # ---- saving and resuming --------------------------------------------------------------------------
+    def save(self, data: DataOptions) -> None:
+        """Write OUT as a loadable checkpoint plus OUT/train_state.pt, each file replaced atomically."""
+        meta = self.config[METADATA_KEY]
+        meta["trained"] = {"steps": self.step, "seconds": round(self.seconds), "batch_size": self.options.batch_size,
+                           "data": {"utterances": data.count, "seed": data.seed, "generator": "asr.synth"},
+                           "options": asdict(self.options)}
+        tmp = self.out / ".saving"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_checkpoint(self.model, self.config, tmp, self.ids)
+        torch.save({"step": self.step, "seconds": self.seconds, "optimizer": self.optimizer.state_dict(),
+                    "ctc_head": self.ctc_head.state_dict(), "options": asdict(self.options),
+                    "data": asdict(data)}, tmp / STATE_FILE)
+        for name in os.listdir(tmp):
+            os.replace(tmp / name, self.out / name)
+        tmp.rmdir()
+
+    def _load_state(self, path: Path) -> None:
+        from safetensors.torch import load_file
+
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        weights = load_file(self.out / "model.safetensors", device=str(self.device))
+        self.model.load_state_dict(weights, strict=True)
+        self.ctc_head.load_state_dict(state["ctc_head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.seconds = int(state["step"]), float(state["seconds"])
+
+    # ---- held-out check -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, per_language: int = 10) -> dict:
+        """CER/WER per language on held-out sentences, through the normal transcription path."""
+        from .train_eval import error_rates
+
+        self.model.eval()
+        pairs: dict[str, list[tuple[str, str]]] = {}
+        for i, item in enumerate(self.heldout.items):
+            if len(pairs.setdefault(item.language, [])) < per_language:
+                text = self.model.transcribe(self.heldout.waveform(i), language=item.language).text
+                pairs[item.language].append((item.text, text))
+        return {lang: error_rates(p) for lang, p in pairs.items()}
+
+
+def _pad_sequences(rows: list[list[int]], starts: list[int], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids [B, L] and labels (-1 outside the answer, which starts at `starts[b]`)."""
+    length = max(map(len, rows))
+    ids = torch.full((len(rows), length), pad, dtype=torch.long)
+    labels = torch.full((len(rows), length), -1, dtype=torch.long)
+    for b, (row, start) in enumerate(zip(rows, starts)):
+        ids[b, :len(row)] = torch.tensor(row)
+        labels[b, start:len(row)] = torch.tensor(row[start:])
+    return ids, labels
+
+
+def train(out: Path, options: TrainOptions, data: DataOptions, data_dir: Path | None = None,
+          device: str = "cpu", resume: bool = False, progress: bool = True, stop_at: int | None = None) -> Path:
+    """Train into `out`; returns it (a loadable checkpoint directory). `stop_at` ends this session early at
+    that step (saved, resumable), as an interruption would."""
+    from tqdm import tqdm
+
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(out, options, data, data_dir or out / "data", torch.device(device), resume)
+    log = (out / LOG_FILE).open("a")
+    bar = tqdm(total=options.steps, initial=trainer.step, desc="train", disable=not progress, dynamic_ncols=True)
+    last_save = time.monotonic()
+    end = min(options.steps, stop_at or options.steps)
+    while trainer.step < end:
+        started = time.monotonic()
+        stats = trainer.train_step(trainer.step)
+        trainer.step += 1
+        trainer.seconds += time.monotonic() - started
+        bar.update()
+        bar.set_postfix(loss=f"{stats['loss']:.3f}", ce=f"{stats['ce']:.3f}", ctc=f"{stats['ctc']:.2f}")
+        record = {"step": trainer.step, "seconds": round(trainer.seconds, 1), **stats}
+        done = trainer.step == end
+        if options.eval_every and (trainer.step % options.eval_every == 0 or trainer.step == options.steps):
+            record["heldout"] = trainer.evaluate()
+            bar.write(f"step {trainer.step}: " + ", ".join(f"{k} CER {v['cer']:.3f} WER {v['wer']:.3f}"
+                                                          for k, v in record["heldout"].items()))
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        if done or time.monotonic() - last_save > 60 * options.checkpoint_minutes:
+            trainer.save(data)
+            last_save = time.monotonic()
+    bar.close()
+    log.close()
+    return out
+
+
+# ---- command line ---------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d, o = DataOptions(), TrainOptions()
+    parser.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
+    parser.add_argument("--steps", type=int, default=o.steps)
+    parser.add_argument("--batch-size", type=int, default=o.batch_size)
+    parser.add_argument("--lr", type=float, default=o.lr)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last save")
+    parser.add_argument("--seed", type=int, default=o.seed)
+    parser.add_argument("--data", type=Path, help="synthetic data cache (default OUT/data)")
+    parser.add_argument("--utterances", type=int, default=d.count, help="training utterances to synthesize")
+    parser.add_argument("--eval-every", type=int, default=o.eval_every, help="held-out check every N steps (0: off)")
+    parser.add_argument("--checkpoint-minutes", type=float, default=o.checkpoint_minutes)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    options = TrainOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                           eval_every=args.eval_every, checkpoint_minutes=args.checkpoint_minutes)
+    data = DataOptions(count=args.utterances, seed=args.seed)
+    if args.resume and (args.out / STATE_FILE).exists():
+        saved = torch.load(args.out / STATE_FILE, map_location="cpu", weights_only=False)
+        # The run's own settings; only the step count may change (a longer schedule changes the decay).
+        options = TrainOptions(**{**saved["options"], "steps": args.steps})
+        data = DataOptions(**saved["data"])
+    out = train(args.out, options, data, args.data, args.device, args.resume)
+    print(f"wrote {out}")
+    return 0
