@@ -44,13 +44,16 @@ def run_offline(model, utt: Utterance, waveform, task: str) -> Outcome:
 
 
 def run_streaming(model, utt: Utterance, waveform, task: str) -> Outcome:
-    """HOOK (streaming mode, issue 4 point 4): replay `waveform` through `streaming.session` on a simulated
-    clock (feed fixed-size chunks, advance the clock by each chunk's duration plus the measured compute time,
-    no sockets), collect its events, and return the final text with first-partial latency and the final lag of
-    each committed segment. Not implemented until the streaming session exists; pass `streamer=` to run_eval
-    to plug one in."""
-    raise NotImplementedError("streaming mode needs streaming.session, which eval.runner does not drive yet "
-                              "(see eval.runner.run_streaming)")
+    """Replay `waveform` through a live streaming session on a simulated real-time clock (no sockets):
+    the concatenated finals are the hypothesis; first-partial latency and each final's lag are recorded."""
+    from streaming.replay import replay
+    from streaming.session import SessionOptions, StreamingDecoder
+
+    options = SessionOptions(task=task, language=utt.language,
+                             target_language=utt.target_language if task == "translate" else None)
+    result = replay(StreamingDecoder(model, options), waveform)
+    return Outcome(result.text, result.translation if task == "translate" else None,
+                   result.stats["first_partial_latency"], result.final_lags)
 
 
 Runner = Callable[[object, Utterance, object, str], Outcome]

@@ -199,9 +199,11 @@ class FairScheduler:
 # --- latency accounting ---------------------------------------------------------------------------
 
 class SessionStats:
-    """Latency accounting for one session, in wall-clock seconds (time.monotonic)."""
+    """Latency accounting for one session, in wall-clock seconds (time.monotonic), or on the simulated
+    clock `clock` of a replay (streaming.replay)."""
 
-    def __init__(self):
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
         self._arrivals: deque[tuple[float, float]] = deque()  # (stream seconds received so far, wall time)
         self.audio_seconds = 0.0
         self.first_partial_latency: float | None = None
@@ -209,7 +211,7 @@ class SessionStats:
 
     def audio_arrived(self, stream_seconds: float) -> None:
         self.audio_seconds = stream_seconds
-        self._arrivals.append((stream_seconds, time.monotonic()))
+        self._arrivals.append((stream_seconds, self._clock()))
 
     def _arrival(self, t: float) -> float | None:
         """Wall time at which the stream audio at time t had arrived."""
@@ -219,7 +221,7 @@ class SessionStats:
         return self._arrivals[-1][1] if self._arrivals else None
 
     def sent(self, message: dict) -> None:
-        kind, now = message.get("type"), time.monotonic()
+        kind, now = message.get("type"), self._clock()
         if kind not in ("partial", "final"):
             return
         if self.first_partial_latency is None and message["text"]:

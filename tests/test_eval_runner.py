@@ -123,11 +123,8 @@ def test_latency_percentiles_and_cdf_plot(tmp_path):
     assert (tmp_path / "latency_cdf.png").stat().st_size > 0
 
 
-def test_streaming_mode_is_a_marked_hook_and_cli_errors(manifest, tmp_path, capsys):
+def test_streaming_runner_is_pluggable_and_cli_errors(manifest, tmp_path, capsys):
     path, lengths = manifest
-    with pytest.raises(NotImplementedError, match="streaming.session"):
-        runner.run_eval(FakeModel(lengths), path, mode="streaming", out_dir=tmp_path / "s", progress=False)
-
     def streamer(model, utt, waveform, task):
         return runner.Outcome(REFS[utt.id], first_partial_latency=0.3, final_lags=[0.8])
     rep = runner.run_eval(None, path, mode="streaming", out_dir=tmp_path / "s2", progress=False, plots=False,
