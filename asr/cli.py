@@ -19,14 +19,12 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def load_for_cli(args):
-    from .bundled import default_model_dir
-    from .loading import load_model
+    from .loading import load_model_for_command
 
-    directory = args.model or default_model_dir()
     try:
-        return load_model(directory, device=args.device, dtype=args.dtype)
-    except (ValueError, RuntimeError, OSError) as e:
-        raise UserError(f"cannot load model from {directory}: {e}") from None
+        return load_model_for_command(args.model, args.device, args.dtype)
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def _add_transcribe(sub) -> None:
@@ -159,10 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_init_random(sub)
     _add_info(sub)
     for name, module, help_text in LAZY_COMMANDS:
-        try:
-            _add_lazy(sub, name, module, help_text)
-        except ImportError:
-            pass  # that part is not installed in this build
+        _add_lazy(sub, name, module, help_text)
     return parser
 
 

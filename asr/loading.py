@@ -107,3 +107,15 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
     model.loaded_bytes = kept
     model.checkpoint = checkpoint  # keeps the memory maps alive for the tensors that view them
     return model.eval()
+
+
+def load_model_for_command(directory: str | Path | None, device: str = "cpu", dtype: str = "float32") -> SpeechModel:
+    """What every command does with --model/--device/--dtype: the bundled model when no directory is
+    given; any failure becomes one ValueError that names the directory and the reason."""
+    from .bundled import default_model_dir
+
+    directory = directory or default_model_dir()
+    try:
+        return load_model(directory, device=device, dtype=dtype)
+    except (ValueError, RuntimeError, OSError) as e:
+        raise ValueError(f"cannot load model from {directory}: {e}") from None

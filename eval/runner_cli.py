@@ -27,14 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_model(args):
-    from asr.bundled import default_model_dir
-    from asr.loading import load_model
+    from asr.loading import load_model_for_command
 
-    directory = args.model or default_model_dir()
     try:
-        return load_model(directory, device=args.device, dtype=args.dtype)
-    except (ValueError, RuntimeError, OSError) as e:
-        raise ManifestError(f"cannot load model from {directory}: {e}") from None
+        return load_model_for_command(args.model, args.device, args.dtype)
+    except ValueError as e:
+        raise ManifestError(str(e)) from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -410,18 +410,11 @@ def load_factory(args: argparse.Namespace) -> tuple[P.SessionFactory, str]:
     """The model (loaded once, shared by all sessions) and the session factory over it.
 
     Raises ValueError naming what failed (no session implementation, a model that does not load)."""
-    from asr.bundled import default_model_dir
-    from asr.loading import load_model
+    from asr.loading import load_model_for_command
 
-    try:
-        from .session import session_factory
-    except ImportError as err:
-        raise ValueError(f"streaming sessions are not available in this build ({err})") from None
-    directory = args.model or default_model_dir()
-    try:
-        model = load_model(directory, device=args.device, dtype=args.dtype)
-    except (ValueError, RuntimeError, OSError) as err:
-        raise ValueError(f"cannot load model from {directory}: {err}") from None
+    from .session import session_factory
+
+    model = load_model_for_command(args.model, args.device, args.dtype)
     name = (getattr(model, "metadata", None) or {}).get("name") or str(getattr(model, "source", "")) or "gemma3n"
     return session_factory(model), name
 
