@@ -118,4 +118,5 @@ def load_model_for_command(directory: str | Path | None, device: str = "cpu", dt
     try:
         return load_model(directory, device=device, dtype=dtype)
     except (ValueError, RuntimeError, OSError) as e:
-        raise ValueError(f"cannot load model from {directory}: {e}") from None
+        message = str(e) if str(directory) in str(e) else f"{directory}: {e}"
+        raise ValueError(f"cannot load the model: {message}") from None
