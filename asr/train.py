@@ -44,7 +44,7 @@ TEXT_SIZES = {"hidden_size": 160, "hidden_size_per_layer_input": 16, "num_hidden
               "layer_types": ["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"],
               "num_kv_shared_layers": 0}
 AUDIO_SIZES = {"hidden_size": 144, "conf_num_hidden_layers": 5, "conf_num_attention_heads": 4,
-               "conf_conv_kernel_size": 5, "sscp_conv_channel_size": [32, 32]}
+               "conf_conv_kernel_size": 5, "sscp_conv_channel_size": [16, 32]}
 
 
 @dataclass(frozen=True)
@@ -276,8 +276,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
 
 
+def keep_freed_memory() -> None:
+    """Ask glibc to keep freed blocks instead of returning them to the OS. Training frees and reallocates
+    the same large activation buffers every step; with the default thresholds each one comes back as
+    fresh pages and page faults took most of a CPU step (8 s -> 2.5 s measured on 2 cores)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return  # not glibc: nothing to tune
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    mallopt(m_mmap_threshold, 32 << 20)  # glibc's maximum
+    mallopt(m_trim_threshold, 1 << 30)
+    mallopt(m_top_pad, 256 << 20)
+
+
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
+    keep_freed_memory()
     options = TrainOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                            eval_every=args.eval_every, checkpoint_minutes=args.checkpoint_minutes)
     data = DataOptions(count=args.utterances, seed=args.seed)
