@@ -26,9 +26,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 SAMPLE_RATE = 16_000
 
 
-def rss_now_mb() -> float:
+def rss_now_mb(field: str = "VmRSS") -> float:
+    """Current resident memory; RssAnon (private copies) and RssFile (mapped checkpoint pages, which the
+    kernel can drop and re-read) tell apart where it lives."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -188,6 +190,8 @@ def run(impl_name: str, directory: Path, dtype: torch.dtype, reps: int, decode_s
     impl = Ours(directory, dtype) if impl_name == "ours" else Reference(directory, dtype)
     res["load_s"] = time.perf_counter() - t
     res["rss_after_load_mb"] = rss_now_mb()
+    res["rss_anon_after_load_mb"] = rss_now_mb("RssAnon")
+    res["rss_file_after_load_mb"] = rss_now_mb("RssFile")
 
     wave = (np.random.default_rng(0).standard_normal(30 * SAMPLE_RATE) * 0.1).astype(np.float32)
     res["features_s"], _, (feats, mask) = timed(lambda: impl.features(wave), reps)
@@ -206,6 +210,8 @@ def run(impl_name: str, directory: Path, dtype: torch.dtype, reps: int, decode_s
     res["decode_mean_tok_s"] = decode_steps / sum(steps)
     res["tokens"] = tokens
     res["peak_rss_mb"] = peak_rss_mb()
+    res["rss_anon_end_mb"] = rss_now_mb("RssAnon")
+    res["rss_file_end_mb"] = rss_now_mb("RssFile")
     res["loadavg_end"] = os.getloadavg()[0]
     return res
 
