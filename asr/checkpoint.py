@@ -124,17 +124,25 @@ class Checkpoint:
     def nbytes(self, names) -> int:
         return sum(self.entries[n].end - self.entries[n].start for n in names)
 
+    def close(self) -> None:
+        """Unmap the files. Only when no tensor views them any more: a view of a closed map is invalid."""
+        for f in self.files.values():
+            if f._map is not None:
+                f._map.close()
+                f._map = None
+
 
 def load_module_weights(module: torch.nn.Module, checkpoint: Checkpoint, prefix: str,
-                        device: torch.device, dtype: torch.dtype, ignore: set[str] = frozenset()) -> int:
+                        device: torch.device, dtype: torch.dtype, ignore: set[str] = frozenset()) -> tuple[int, int]:
     """Fill a module built on the meta device with the checkpoint tensors `prefix + name`.
 
     Every parameter and buffer the module declares must be present with the same shape; checkpoint
     tensors under `prefix` that the module does not declare are an error unless listed in `ignore`.
     Floating tensors are cast to `dtype`; a tensor already in that dtype on the CPU stays a view of the
-    memory map. Returns the number of bytes read from the checkpoint.
+    memory map. Returns (bytes read from the checkpoint, how many tensors still view the memory map).
     """
     state: dict[str, torch.Tensor] = {}
+    views = 0
     expected = dict(module.named_parameters())
     expected.update({n: b for n, b in module.named_buffers() if n in module.state_dict()})
     for name, target in expected.items():
@@ -147,10 +155,10 @@ def load_module_weights(module: torch.nn.Module, checkpoint: Checkpoint, prefix:
             raise CheckpointError(
                 f"{entry.file}: tensor {full!r} has shape {list(entry.shape)}, expected {list(target.shape)} "
                 f"from config.json")
-        t = checkpoint.tensor(full)
-        if t.is_floating_point():
-            t = t.to(dtype)
+        mapped = checkpoint.tensor(full)
+        t = mapped.to(dtype) if mapped.is_floating_point() else mapped
         state[name] = t.to(device)
+        views += state[name] is mapped
     unexpected = [n for n in checkpoint.entries
                   if n.startswith(prefix) and n[len(prefix):] not in expected and n not in ignore]
     if unexpected:
@@ -158,4 +166,4 @@ def load_module_weights(module: torch.nn.Module, checkpoint: Checkpoint, prefix:
             f"{checkpoint.directory}: {len(unexpected)} tensor(s) under {prefix!r} that config.json does not "
             f"describe, e.g. {unexpected[0]!r}; is config.json from the same model?")
     module.load_state_dict(state, strict=True, assign=True)
-    return checkpoint.nbytes(prefix + n for n in expected)
+    return checkpoint.nbytes(prefix + n for n in expected), views

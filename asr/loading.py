@@ -99,13 +99,19 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
     with _skip_weight_init():
         model = SpeechModel(config, tokenizer, _stop_ids(directory, config, tokenizer), source=str(directory))
     inner = model.model
-    kept = load_module_weights(inner.audio_tower, checkpoint, "model.audio_tower.", device, dtype)
-    kept += load_module_weights(inner.embed_audio, checkpoint, "model.embed_audio.", device, dtype)
-    kept += load_module_weights(inner.language_model, checkpoint, "model.language_model.", device, dtype,
-                                ignore=shared_kv_names(config))
+    parts = [(inner.audio_tower, "model.audio_tower.", frozenset()),
+             (inner.embed_audio, "model.embed_audio.", frozenset()),
+             (inner.language_model, "model.language_model.", shared_kv_names(config))]
+    kept = views = 0
+    for module, prefix, ignore in parts:
+        nbytes, nviews = load_module_weights(module, checkpoint, prefix, device, dtype, ignore=ignore)
+        kept, views = kept + nbytes, views + nviews
     model.to(device)  # buffers computed at construction (RoPE tables and the like)
     model.loaded_bytes = kept
-    model.checkpoint = checkpoint  # keeps the memory maps alive for the tensors that view them
+    if views:
+        model.checkpoint = checkpoint  # parameters view the memory maps: keep them mapped
+    else:
+        checkpoint.close()  # everything was converted or copied: the file pages need not stay mapped
     return model.eval()
 
 

@@ -26,8 +26,8 @@ def test_loads_views_of_the_file(tmp_path):
     ck = Checkpoint(tmp_path)
     with torch.device("meta"):
         toy = Toy()
-    nbytes = load_module_weights(toy, ck, "model.toy.", torch.device("cpu"), torch.float32)
-    assert nbytes == (12 + 3) * 4
+    nbytes, views = load_module_weights(toy, ck, "model.toy.", torch.device("cpu"), torch.float32)
+    assert nbytes == (12 + 3) * 4 and views == 2
     assert torch.equal(toy.lin.weight, state["model.toy.lin.weight"])
     # same dtype on the CPU: the parameter is a view of the memory map, not a copy
     ptr = toy.lin.weight.data_ptr()
@@ -40,8 +40,11 @@ def test_casts_to_requested_dtype(tmp_path):
     save_file(_toy_state(), tmp_path / "model.safetensors")
     with torch.device("meta"):
         toy = Toy()
-    load_module_weights(toy, Checkpoint(tmp_path), "model.toy.", torch.device("cpu"), torch.bfloat16)
-    assert toy.lin.weight.dtype == torch.bfloat16
+    ck = Checkpoint(tmp_path)
+    _, views = load_module_weights(toy, ck, "model.toy.", torch.device("cpu"), torch.bfloat16)
+    assert toy.lin.weight.dtype == torch.bfloat16 and views == 0
+    ck.close()  # nothing views the map any more
+    assert float(toy.lin.weight.float().abs().sum()) > 0
 
 
 def test_sharded_index(tmp_path):
