@@ -164,13 +164,10 @@ class Trainer:
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(step)
-        # The decoder layer adds the per-layer input to its streams in place; this context keeps a copy of
-        # what backward needs instead of failing (inference code stays as the reference computes it).
-        with torch.autograd.graph.allow_mutation_on_saved_tensors():
-            ce, ctc = self.losses(self.batch(step), step)
-            loss = ce + self.options.ctc_weight * ctc
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+        ce, ctc = self.losses(self.batch(step), step)
+        loss = ce + self.options.ctc_weight * ctc
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         norm = torch.nn.utils.clip_grad_norm_(params, self.options.clip)
         self.optimizer.step()

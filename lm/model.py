@@ -58,8 +58,8 @@ class DecoderLayer(nn.Module):
             g = self.altup.scale_output(g)
         g = gelu_tanh(self.per_layer_input_gate(g)) * per_layer_input
         g = self.post_per_layer_input_norm(self.per_layer_projection(g))
-        out[1:] += g
-        return out
+        # Out of place, so autograd can train through it (the sum is the reference's, bit for bit).
+        return torch.cat([out[:1], out[1:] + g], dim=0)
 
     def _keys_values(self, an: torch.Tensor, ctx: AttentionContext, cache: KVCache | None, shared_kv: dict):
         attn = self.self_attn
