@@ -7,15 +7,18 @@ Like the real checkpoint, KV-shared layers still carry their (unused) k/v projec
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
+import sys
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from reference_models import vision_stubbed  # noqa: E402,F401  (the one stub, shared with the parity tests)
 
 SHARD_BYTES = 1 << 30
 DONE_FILE = "bench_complete.json"
@@ -95,32 +98,6 @@ def reference_config(shape: BenchShape):
         boi_token_id=v["boi"], eoi_token_id=v["vision_offset"], image_token_id=v["vision_offset"] + 1,
         tie_word_embeddings=True,
     )
-
-
-class _VisionStub(torch.nn.Module):
-    """Stands in for the timm MobileNetV5 tower (timm is not installed; the audio path never calls it)."""
-
-    def forward(self, *args, **kwargs):
-        raise RuntimeError("vision tower is stubbed in the benchmark")
-
-
-@contextlib.contextmanager
-def vision_stubbed():
-    """Make transformers' Gemma3nModel build a stub instead of the timm vision tower."""
-    from transformers.models.gemma3n import modeling_gemma3n as m
-
-    original = m.AutoModel.from_config
-
-    def from_config(config, *args, **kwargs):
-        if getattr(config, "model_type", "") == "gemma3n_vision":
-            return _VisionStub()
-        return original(config, *args, **kwargs)
-
-    m.AutoModel.from_config = from_config
-    try:
-        yield
-    finally:
-        m.AutoModel.from_config = original
 
 
 def tensor_shapes(config) -> dict[str, tuple[int, ...]]:
