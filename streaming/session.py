@@ -75,6 +75,7 @@ class StreamingDecoder:
         self.speech_end = 0  # sample where the latest speech frame ended
         self.utterance: int | None = None  # token index where the current utterance's window starts
         self.decoded_to = 0  # window end (token index) at the last decode
+        self.decoded_to_before = 0  # ... and at the decode before it (where agreed words' audio ends)
         self.agreement = policy.AgreementState()
         self.window_text: list[str] = []  # words committed in the current window (forced prefix)
         self.final_end = 0.0  # stream time where the last final ended
