@@ -133,13 +133,15 @@ class Checkpoint:
 
 
 def load_module_weights(module: torch.nn.Module, checkpoint: Checkpoint, prefix: str,
-                        device: torch.device, dtype: torch.dtype, ignore: set[str] = frozenset()) -> tuple[int, int]:
+                        device: torch.device, dtype: torch.dtype, ignore: set[str] = frozenset(),
+                        as_stored: set[str] = frozenset()) -> tuple[int, int]:
     """Fill a module built on the meta device with the checkpoint tensors `prefix + name`.
 
     Every parameter and buffer the module declares must be present with the same shape; checkpoint
     tensors under `prefix` that the module does not declare are an error unless listed in `ignore`.
     Floating tensors are cast to `dtype`; a tensor already in that dtype on the CPU stays a view of the
-    memory map. Returns (bytes read from the checkpoint, how many tensors still view the memory map).
+    memory map. Names in `as_stored` stay views of the map whatever `dtype` and `device` say (the host-side
+    PLE table). Returns (bytes read from the checkpoint, how many tensors still view the memory map).
     """
     state: dict[str, torch.Tensor] = {}
     views = 0
@@ -156,8 +158,11 @@ def load_module_weights(module: torch.nn.Module, checkpoint: Checkpoint, prefix:
                 f"{entry.file}: tensor {full!r} has shape {list(entry.shape)}, expected {list(target.shape)} "
                 f"from config.json")
         mapped = checkpoint.tensor(full)
-        t = mapped.to(dtype) if mapped.is_floating_point() else mapped
-        state[name] = t.to(device)
+        if name in as_stored:
+            state[name] = mapped
+        else:
+            t = mapped.to(dtype) if mapped.is_floating_point() else mapped
+            state[name] = t.to(device)
         views += state[name] is mapped
     unexpected = [n for n in checkpoint.entries
                   if n.startswith(prefix) and n[len(prefix):] not in expected and n not in ignore]

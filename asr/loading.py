@@ -102,9 +102,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
     parts = [(inner.audio_tower, "model.audio_tower.", frozenset()),
              (inner.embed_audio, "model.embed_audio.", frozenset()),
              (inner.language_model, "model.language_model.", shared_kv_names(config))]
+    # The PLE table stays a host-side view of the file (lm/ple.py): only rows in use become resident.
+    inner.language_model.embed_tokens_per_layer.on_host = True
+    host = {"embed_tokens_per_layer.weight"}
     kept = views = 0
     for module, prefix, ignore in parts:
-        nbytes, nviews = load_module_weights(module, checkpoint, prefix, device, dtype, ignore=ignore)
+        nbytes, nviews = load_module_weights(module, checkpoint, prefix, device, dtype, ignore=ignore,
+                                             as_stored=host if module is inner.language_model else frozenset())
         kept, views = kept + nbytes, views + nviews
     model.to(device)  # buffers computed at construction (RoPE tables and the like)
     model.loaded_bytes = kept

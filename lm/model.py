@@ -19,6 +19,7 @@ from .attention import AttentionContext, Rotary, TextAttention, attention_contex
 from .config import TextConfig
 from .kv_cache import KVCache
 from .layers import MLP, AltUp, Laurel, RMSNorm, gelu_tanh, match_magnitude, rms, rounded
+from .ple import PerLayerEmbedding
 
 _INV_SQRT2 = float(torch.rsqrt(torch.tensor(2.0, device="cpu")))  # fp32, as the reference's buffer
 
@@ -82,7 +83,7 @@ class TextModel(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, d)
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(n_layers))
         self.norm = RMSNorm(d, config.rms_norm_eps)
-        self.embed_tokens_per_layer = nn.Embedding(config.vocab_size_per_layer_input, n_layers * p)
+        self.embed_tokens_per_layer = PerLayerEmbedding(config.vocab_size_per_layer_input, n_layers * p)
         self.per_layer_model_projection = nn.Linear(d, n_layers * p, bias=False)
         self.per_layer_projection_norm = RMSNorm(p, config.rms_norm_eps)
         extra = config.altup_num_inputs - 1
@@ -111,9 +112,9 @@ class TextModel(nn.Module):
         c = self.config
         shape = (*input_ids.shape, c.num_hidden_layers, c.hidden_size_per_layer_input)
         in_table = (input_ids >= 0) & (input_ids < c.vocab_size_per_layer_input)
-        table = self.embed_tokens_per_layer
-        tok = table(torch.where(in_table, input_ids, 0)) * rounded(c.hidden_size_per_layer_input**0.5,
-                                                                   table.weight.dtype)
+        # The table may sit on the host in the checkpoint's dtype (lm/ple.py): rows come back in ours.
+        tok = self.embed_tokens_per_layer(torch.where(in_table, input_ids, 0), embeds.dtype)
+        tok = tok * rounded(c.hidden_size_per_layer_input**0.5, embeds.dtype)
         proj = self.per_layer_model_projection(embeds) * rounded(c.hidden_size**-0.5, embeds.dtype)
         proj = self.per_layer_projection_norm(proj.reshape(shape))
         return (proj + tok.reshape(shape)) * rounded(_INV_SQRT2, embeds.dtype)
