@@ -52,7 +52,7 @@ from .config import CONFIG_FILE, METADATA_KEY, SpeechConfig
 from .shard_writer import OutTensor, write_checkpoint
 
 DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
-BLOCK_BYTES = 64 * 1024**2  # output bytes produced per step; bounds the memory a slice needs
+BLOCK_BYTES = 64 * 1024**2  # source bytes read per step; bounds the memory a slice needs
 # Files that hold weights in some format: never copied (they would be the unsliced model).
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack", ".onnx")
 _LAYER = re.compile(r"\.layers\.(\d+)\.")  # the notebook's pattern; only the language model has `.layers.N.`
