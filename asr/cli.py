@@ -16,13 +16,20 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="checkpoint directory (default: the bundled model)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--dtype", default="float32", help="float32 or bfloat16 (default: float32)")
+    add_quantize_option(p)
+
+
+def add_quantize_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quantize", choices=("int8", "int4"),
+                   help="weight-only quantized text decoder: int8 (per channel) or int4 (groups of 64); "
+                        "activations stay in --dtype (default: float weights)")
 
 
 def load_for_cli(args):
     from .loading import load_model_for_command
 
     try:
-        return load_model_for_command(args.model, args.device, args.dtype)
+        return load_model_for_command(args.model, args.device, args.dtype, getattr(args, "quantize", None))
     except ValueError as e:
         raise UserError(str(e)) from None
 
@@ -167,6 +174,7 @@ LAZY_COMMANDS = [
     ("eval", "eval.runner_cli", "run an ASR/AST benchmark from a manifest"),
     ("score", "eval.score", "score hypothesis against reference files"),
     ("train", "asr.train", "train the small bundled model"),
+    ("slice", "asr.slicing", "MatFormer: slice a Gemma 3n checkpoint (e.g. E4B) into a smaller one"),
 ]
 
 

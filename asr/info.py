@@ -3,7 +3,11 @@ from __future__ import annotations
 
 
 def _count(module) -> int:
-    return sum(p.numel() for p in module.parameters())
+    """Parameters as the float model counts them: a quantized matrix counts its in x out weights."""
+    from lm.quant import QuantizedWeight
+
+    total = sum(p.numel() for p in module.parameters())
+    return total + sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, QuantizedWeight))
 
 
 def describe(model) -> str:
@@ -18,10 +22,11 @@ def describe(model) -> str:
         f"device:     {model.device}, dtype {str(model.dtype).replace('torch.', '')}",
         f"tasks:      {', '.join(model.tasks)}",
         f"languages:  {', '.join(meta['languages']) if meta.get('languages') else 'not declared (multilingual)'}",
-        "audio encoder: "
-        f"{audio.conf_num_hidden_layers} conformer layers, hidden {audio.hidden_size}, "
-        f"{audio.conf_num_attention_heads} heads, {_count(model.audio_tower):,} parameters",
-        f"audio embedder: {audio.hidden_size} -> {text.hidden_size}, {_count(model.embed_audio):,} parameters",
+        *(["audio encoder: "
+            f"{audio.conf_num_hidden_layers} conformer layers, hidden {audio.hidden_size}, "
+            f"{audio.conf_num_attention_heads} heads, {_count(model.audio_tower):,} parameters",
+            f"audio embedder: {audio.hidden_size} -> {text.hidden_size}, {_count(model.embed_audio):,} parameters"]
+          if model.has_audio else ["audio encoder: not loaded (text part only)"]),
         "text decoder: "
         f"{text.num_hidden_layers} layers ({text.layer_types.count('full_attention')} full attention, "
         f"sliding window {text.sliding_window}), hidden {text.hidden_size}, FFN {ffn}, "
@@ -31,4 +36,7 @@ def describe(model) -> str:
         f"total parameters: {_count(model):,} (vision tower not loaded)",
         f"tokenizer:  {'present' if model.tokenizer is not None else 'missing (loading only; cannot transcribe)'}",
     ]
+    report = getattr(model, "load_report", None)
+    if report is not None:
+        lines += report.lines()
     return "\n".join(lines)

@@ -3,16 +3,21 @@
 The modules are built without initializing their weights (construction only reserves address space),
 then every parameter is replaced by the checkpoint tensor: a view of the memory map when the dtype and
 device already match, a converted copy otherwise. The vision tower, the vision embedder and the k/v
-projections of KV-shared layers (which 5.x never uses) are never read.
+projections of KV-shared layers (which 5.x never uses) are never read; with parts=("text",) neither are
+the audio tower and embedder. With quantize="int8"/"int4" the decoder is loaded and quantized one layer at
+a time (lm/quant.py).
 """
 from __future__ import annotations
 
 import contextlib
 import json
+import mmap
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from lm.quant import QUANT_MODES, QuantizedWeight, QuantSummary, quantize_linears_, quantize_text_model_, summarize
 from lm.tokenizer import Tokenizer, TokenizerNotFound
 
 from .checkpoint import Checkpoint, CheckpointError, load_module_weights
@@ -82,36 +87,195 @@ def _stop_ids(directory: Path, config: SpeechConfig, tokenizer) -> tuple[int, ..
     return tuple(ids)
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu",
-               dtype: str | torch.dtype = torch.float32) -> SpeechModel:
+AUDIO_PREFIXES = ("model.audio_tower.", "model.embed_audio.")
+TEXT_PREFIX = "model.language_model."
+VISION_PREFIXES = ("model.vision_tower.", "model.embed_vision.")
+PARTS = ("audio", "text")
+
+
+def check_parts(parts) -> tuple[str, ...]:
+    """The parts to load, in canonical order: a subset of PARTS that includes "text"."""
+    names = (parts,) if isinstance(parts, str) else tuple(parts)
+    unknown = [p for p in names if p not in PARTS]
+    if unknown:
+        raise ValueError(f"unknown model part {unknown[0]!r}; parts must be a subset of {PARTS} "
+                         "(the vision tower is never loaded)")
+    if "text" not in names:
+        raise ValueError(f"parts {names}: 'text' is required (the decoder writes every answer)")
+    return tuple(p for p in PARTS if p in names)
+
+
+def check_quantize(quantize: str | None) -> str | None:
+    """None, "int8" or "int4"; anything else is a ValueError naming the allowed values."""
+    if quantize is None:
+        return None
+    if quantize not in QUANT_MODES:
+        raise ValueError(f"unknown quantization {quantize!r}; expected one of {', '.join(QUANT_MODES)} "
+                         "(or None for float weights)")
+    return quantize
+
+
+@dataclass
+class LoadReport:
+    """What `load_model` read, kept and skipped (`model.load_report`, printed by `asr info`)."""
+
+    parts: tuple[str, ...]
+    quantize: str | None
+    read: dict[str, int]  # part -> checkpoint bytes of the tensors loaded for it (the PLE table excluded)
+    held: dict[str, int]  # part -> bytes its weights occupy as loaded (converted and/or quantized)
+    ple_table: int  # the PLE table: left mapped from the file, resident only for the rows read
+    skipped: dict[str, int]  # tensor group -> checkpoint bytes never read
+    quant: QuantSummary | None = None
+
+    def lines(self) -> list[str]:
+        out = [f"loaded parts: {', '.join(self.parts)}"
+               + (f", text weights quantized to {self.quantize}" if self.quantize else "")]
+        for part in self.parts:
+            out.append(f"  {part}: read {_size(self.read[part])} from the checkpoint, holds {_size(self.held[part])}")
+        out.append(f"  text PLE table: {_size(self.ple_table)} left mapped (resident only for the rows in use)")
+        if self.quant is not None:
+            kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.quant.quantized.items()))
+            out.append(f"  quantized matrices: {kinds or 'none'} ({_size(self.quant.quantized_bytes)}); "
+                       f"{len(self.quant.float_linears)} small ones kept float "
+                       f"({_size(self.quant.float_linear_bytes)})")
+        skipped = ", ".join(f"{g} {_size(n)}" for g, n in self.skipped.items() if n) or "nothing"
+        out.append(f"skipped (never read): {skipped}")
+        return out
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
+
+
+def _held_bytes(module: torch.nn.Module, exclude: set[int] = frozenset()) -> int:
+    seen = {id(t) for t in exclude}
+    total = 0
+    for t in [*module.parameters(), *module.buffers()]:
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total
+
+
+def _drop_pages(checkpoint: Checkpoint, names) -> None:
+    """Give back the file pages of tensors that were read once to be quantized. The map stays open (the PLE
+    table views it), and it is private and never written, so the kernel re-reads a page if it is touched
+    again; without this the float weights' pages would stay charged to the process after quantization.
+    (Reaches into the reader's map: asr.checkpoint has no API for it.)"""
+    if not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    for name in names:
+        entry = checkpoint.entries.get(name)
+        m = getattr(checkpoint.files[entry.file.name], "_map", None) if entry is not None else None
+        if m is None:
+            continue
+        start = entry.start - entry.start % mmap.PAGESIZE
+        if entry.end > start:
+            m.madvise(mmap.MADV_DONTNEED, start, entry.end - start)
+
+
+def _quantized_names(module: torch.nn.Module, prefix: str) -> list[str]:
+    return [f"{prefix}{name}.weight" for name, m in module.named_modules() if isinstance(m, QuantizedWeight)]
+
+
+def _load_text_quantized(lm, checkpoint: Checkpoint, device, dtype, ignore: set[str], host: set[str],
+                         mode: str) -> tuple[int, int]:
+    """Load and quantize the decoder one layer at a time, then the global weights and the tied matrix, so
+    that at most one layer's float weights (or the embedding's) exist at once next to the quantized ones."""
+    nbytes = views = 0
+    for i, layer in enumerate(lm.layers):
+        prefix = f"{TEXT_PREFIX}layers.{i}."
+        b, v = load_module_weights(layer, checkpoint, prefix, device, dtype, ignore=ignore)
+        quantize_linears_(layer, mode)
+        _drop_pages(checkpoint, _quantized_names(layer, prefix))
+        nbytes, views = nbytes + b, views + v
+    layers = lm.layers
+    in_layers = {n for n in checkpoint.entries if n.startswith(TEXT_PREFIX + "layers.")}
+    lm.layers = torch.nn.ModuleList()  # the rest of the decoder, without the layers loaded above
+    try:
+        b, v = load_module_weights(lm, checkpoint, TEXT_PREFIX, device, dtype, ignore=ignore | in_layers,
+                                   as_stored=host)
+    finally:
+        lm.layers = layers
+    quantize_text_model_(lm, mode)
+    _drop_pages(checkpoint, _quantized_names(lm, TEXT_PREFIX))
+    return nbytes + b, views + v
+
+
+def _skipped(checkpoint: Checkpoint, loaded_prefixes: tuple[str, ...], shared: set[str]) -> dict[str, int]:
+    groups = {"vision": [], "shared-layer k/v": [], "audio": [], "other": []}
+    for name in checkpoint.entries:
+        if name in shared:
+            groups["shared-layer k/v"].append(name)
+        elif name.startswith(loaded_prefixes):
+            continue
+        elif name.startswith(VISION_PREFIXES):
+            groups["vision"].append(name)
+        elif name.startswith(AUDIO_PREFIXES):
+            groups["audio"].append(name)
+        else:
+            groups["other"].append(name)
+    return {g: checkpoint.nbytes(names) for g, names in groups.items()}
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = torch.float32,
+               quantize: str | None = None, parts=PARTS) -> SpeechModel:
     """Load a Gemma 3n checkpoint directory (config.json, model.safetensors or a sharded index,
-    tokenizer.model and/or tokenizer.json) for speech recognition and translation."""
+    tokenizer.model and/or tokenizer.json) for speech recognition and translation.
+
+    quantize: None (float weights in `dtype`), "int8" or "int4": the text decoder's matrices and its tied
+    embedding/head become weight-only quantized (lm/quant.py); activations stay in `dtype`. The audio tower
+    stays float: it runs once per 160 ms of audio, while decode reads every decoder weight for each token.
+    parts: ("audio", "text") or ("text",); with "text" only, the audio tower and embedder are never built
+    or read, and audio calls raise AudioNotLoaded. The vision tower is never loaded.
+    `model.load_report` (a LoadReport) says what was read, kept and skipped."""
     directory = Path(path)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a directory (expected a Hugging Face checkpoint folder)")
     device, dtype = parse_device(device), parse_dtype(dtype)
+    mode, parts = check_quantize(quantize), check_parts(parts)
     config = SpeechConfig.from_file(directory)
     checkpoint = Checkpoint(directory)
     try:
         tokenizer = Tokenizer.from_dir(directory)
     except TokenizerNotFound:
         tokenizer = None
+    with_audio = "audio" in parts
     with _skip_weight_init():
-        model = SpeechModel(config, tokenizer, _stop_ids(directory, config, tokenizer), source=str(directory))
+        model = SpeechModel(config, tokenizer, _stop_ids(directory, config, tokenizer), source=str(directory),
+                            with_audio=with_audio)
     inner = model.model
-    parts = [(inner.audio_tower, "model.audio_tower.", frozenset()),
-             (inner.embed_audio, "model.embed_audio.", frozenset()),
-             (inner.language_model, "model.language_model.", shared_kv_names(config))]
+    lm = inner.language_model
+    shared = shared_kv_names(config)
     # The PLE table stays a host-side view of the file (lm/ple.py): only rows in use become resident.
-    inner.language_model.embed_tokens_per_layer.on_host = True
+    lm.embed_tokens_per_layer.on_host = True
     host = {"embed_tokens_per_layer.weight"}
-    kept = views = 0
-    for module, prefix, ignore in parts:
-        nbytes, nviews = load_module_weights(module, checkpoint, prefix, device, dtype, ignore=ignore,
-                                             as_stored=host if module is inner.language_model else frozenset())
-        kept, views = kept + nbytes, views + nviews
+    read, views = {}, 0
+    if with_audio:
+        read["audio"] = 0
+        for module, prefix in zip((inner.audio_tower, inner.embed_audio), AUDIO_PREFIXES):
+            nbytes, nviews = load_module_weights(module, checkpoint, prefix, device, dtype)
+            read["audio"], views = read["audio"] + nbytes, views + nviews
+    if mode is None:
+        nbytes, nviews = load_module_weights(lm, checkpoint, TEXT_PREFIX, device, dtype, ignore=shared,
+                                             as_stored=host)
+    else:
+        nbytes, nviews = _load_text_quantized(lm, checkpoint, device, dtype, shared, host, mode)
+    ple = checkpoint.nbytes([TEXT_PREFIX + n for n in host])
+    read["text"], views = nbytes - ple, views + nviews
     model.to(device)  # buffers computed at construction (RoPE tables and the like)
-    model.loaded_bytes = kept
+    table = lm.embed_tokens_per_layer.weight
+    held = {"text": _held_bytes(lm, exclude={table})}
+    if with_audio:
+        held["audio"] = _held_bytes(inner.audio_tower) + _held_bytes(inner.embed_audio)
+    loaded = (*(AUDIO_PREFIXES if with_audio else ()), TEXT_PREFIX)
+    model.load_report = LoadReport(parts, mode, read, held, table.numel() * table.element_size(),
+                                   _skipped(checkpoint, loaded, shared & set(checkpoint.entries)),
+                                   summarize(lm) if mode else None)
+    model.loaded_bytes = sum(read.values()) + ple
     if views:
         model.checkpoint = checkpoint  # parameters view the memory maps: keep them mapped
     else:
@@ -119,14 +283,16 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
     return model.eval()
 
 
-def load_model_for_command(directory: str | Path | None, device: str = "cpu", dtype: str = "float32") -> SpeechModel:
-    """What every command does with --model/--device/--dtype: the bundled model when no directory is
-    given; any failure becomes one ValueError that names the directory and the reason."""
+def load_model_for_command(directory: str | Path | None, device: str = "cpu", dtype: str = "float32",
+                           quantize: str | None = None) -> SpeechModel:
+    """What every command does with --model/--device/--dtype/--quantize: the bundled model when no
+    directory is given; any failure becomes one ValueError that names the directory and the reason."""
     from .bundled import default_model_dir
 
+    check_quantize(quantize)  # a bad value is the user's option, not the model's fault
     directory = directory or default_model_dir()
     try:
-        return load_model(directory, device=device, dtype=dtype)
+        return load_model(directory, device=device, dtype=dtype, quantize=quantize)
     except (ValueError, RuntimeError, OSError) as e:
         message = str(e) if str(directory) in str(e) else f"{directory}: {e}"
         raise ValueError(f"cannot load the model: {message}") from None

@@ -29,6 +29,10 @@ class TokenizerMissing(RuntimeError):
     """Transcription needs the checkpoint's tokenizer files."""
 
 
+class AudioNotLoaded(RuntimeError):
+    """The model was loaded with parts=("text",): it has no audio tower or audio embedder."""
+
+
 @dataclass(frozen=True)
 class DecodeOptions:
     """How one window of audio is turned into text."""
@@ -55,29 +59,43 @@ class WindowText:
 
 
 class _Inner(nn.Module):
-    def __init__(self, config: SpeechConfig):
+    def __init__(self, config: SpeechConfig, with_audio: bool = True):
         super().__init__()
-        self.audio_tower = AudioEncoder(config.audio)
-        self.embed_audio = AudioEmbedder(config.audio, config.text.hidden_size, config.text.rms_norm_eps)
+        # Text-only use (asr.loading's parts=("text",)) never builds the audio modules.
+        self.audio_tower = AudioEncoder(config.audio) if with_audio else None
+        self.embed_audio = (AudioEmbedder(config.audio, config.text.hidden_size, config.text.rms_norm_eps)
+                            if with_audio else None)
         self.language_model = TextModel(config.text)
 
 
 class SpeechModel(nn.Module):
-    def __init__(self, config: SpeechConfig, tokenizer=None, stop_ids: tuple[int, ...] = (), source: str = ""):
+    def __init__(self, config: SpeechConfig, tokenizer=None, stop_ids: tuple[int, ...] = (), source: str = "",
+                 with_audio: bool = True):
         super().__init__()
         self.config = config
-        self.model = _Inner(config)
+        self.model = _Inner(config, with_audio)
         self.tokenizer = tokenizer
         self.stop_ids = tuple(stop_ids)
         self.source = source
 
     # ---- parts -------------------------------------------------------------------------------------
     @property
+    def has_audio(self) -> bool:
+        return self.model.audio_tower is not None and self.model.embed_audio is not None
+
+    def require_audio(self) -> None:
+        if not self.has_audio:
+            raise AudioNotLoaded(f"{self.source or 'this model'} was loaded without the audio part "
+                                 "(parts=('text',)); load it with parts=('audio', 'text') to use audio")
+
+    @property
     def audio_tower(self) -> AudioEncoder:
+        self.require_audio()
         return self.model.audio_tower
 
     @property
     def embed_audio(self) -> AudioEmbedder:
+        self.require_audio()
         return self.model.embed_audio
 
     @property
@@ -90,7 +108,7 @@ class SpeechModel(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.language_model.embed_tokens.weight.dtype
+        return self.model.language_model.dtype  # the float dtype, also when the weights are quantized
 
     @property
     def metadata(self) -> dict:
@@ -250,6 +268,7 @@ class SpeechModel(nn.Module):
         """A file path or 16 kHz mono waveform of any length -> Transcription (text, segments)."""
         from .longform import transcribe_long
 
+        self.require_audio()
         self.require_tokenizer()
         return transcribe_long(self, _waveform(audio), task="transcribe", language=language,
                                options=options, progress=progress)
@@ -260,6 +279,7 @@ class SpeechModel(nn.Module):
         from .longform import transcribe_long
 
         self.check_task("translate")
+        self.require_audio()
         self.require_tokenizer()
         return transcribe_long(self, _waveform(audio), task="translate", target_language=target_language,
                                source_language=source_language, options=options, progress=progress)

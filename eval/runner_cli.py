@@ -15,6 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="checkpoint directory (default: the bundled model)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--dtype", default="float32", help="float32 or bfloat16 (default: float32)")
+    parser.add_argument("--quantize", choices=("int8", "int4"),
+                        help="weight-only quantized text decoder (default: float weights)")
     parser.add_argument("--task", default="transcribe", choices=TASKS)
     parser.add_argument("--mode", default="offline", choices=MODES)
     parser.add_argument("--out", type=Path, default=Path("runs/eval"),
@@ -30,7 +32,7 @@ def _load_model(args):
     from asr.loading import load_model_for_command
 
     try:
-        return load_model_for_command(args.model, args.device, args.dtype)
+        return load_model_for_command(args.model, args.device, args.dtype, getattr(args, "quantize", None))
     except ValueError as e:
         raise ManifestError(str(e)) from None
 

@@ -20,6 +20,7 @@ from .config import TextConfig
 from .kv_cache import KVCache
 from .layers import MLP, AltUp, Laurel, RMSNorm, gelu_tanh, match_magnitude, rms, rounded
 from .ple import PerLayerEmbedding
+from .quant import QuantizedWeight
 
 _INV_SQRT2 = float(torch.rsqrt(torch.tensor(2.0, device="cpu")))  # fp32, as the reference's buffer
 
@@ -94,7 +95,8 @@ class TextModel(nn.Module):
     # ---- embeddings ------------------------------------------------------------------------------------
     @property
     def dtype(self) -> torch.dtype:
-        return self.embed_tokens.weight.dtype
+        e = self.embed_tokens
+        return e.compute_dtype if isinstance(e, QuantizedWeight) else e.weight.dtype
 
     @property
     def lm_head_weight(self) -> torch.Tensor:
@@ -102,9 +104,11 @@ class TextModel(nn.Module):
         return self.embed_tokens.weight
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Token embeddings scaled by sqrt(hidden_size), the scale rounded to the weight dtype (45.25 in bf16)."""
-        w = self.embed_tokens.weight
-        return self.embed_tokens(input_ids) * rounded(self.config.hidden_size**0.5, w.dtype)
+        """Token embeddings scaled by sqrt(hidden_size), the scale rounded to the weight dtype (45.25 in bf16).
+        A quantized tied matrix (lm/quant.py) dequantizes just the rows gathered."""
+        e = self.embed_tokens
+        rows = e.rows(input_ids) if isinstance(e, QuantizedWeight) else e(input_ids)
+        return rows * rounded(self.config.hidden_size**0.5, self.dtype)
 
     def per_layer_inputs(self, input_ids: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
         """PLE [B, T, L, P]: a per-layer table lookup (audio/vision ids read row 0) plus a projection of
@@ -156,7 +160,8 @@ class TextModel(nn.Module):
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Tied projection onto the vocabulary, then cap * tanh(logits / cap) in the logits dtype."""
-        logits = hidden @ self.embed_tokens.weight.T
+        e = self.embed_tokens
+        logits = e(hidden) if isinstance(e, QuantizedWeight) else hidden @ e.weight.T
         cap = self.config.final_logit_softcapping
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap

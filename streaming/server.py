@@ -389,6 +389,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="checkpoint directory (default: the bundled model)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--dtype", default="float32", help="float32 or bfloat16 (default: float32)")
+    p.add_argument("--quantize", choices=("int8", "int4"),
+                   help="weight-only quantized text decoder (default: float weights)")
     p.add_argument("--host", default=d.host, help=f"address to listen on (default: {d.host})")
     p.add_argument("--port", type=int, default=d.port, help=f"port (default: {d.port}; 0 = any free port)")
     p.add_argument("--max-sessions", type=int, default=d.max_sessions, help=f"default: {d.max_sessions}")
@@ -414,7 +416,7 @@ def load_factory(args: argparse.Namespace) -> tuple[P.SessionFactory, str]:
 
     from .session import session_factory
 
-    model = load_model_for_command(args.model, args.device, args.dtype)
+    model = load_model_for_command(args.model, args.device, args.dtype, getattr(args, "quantize", None))
     name = (getattr(model, "metadata", None) or {}).get("name") or str(getattr(model, "source", "")) or "gemma3n"
     return session_factory(model), name
 
