@@ -10,6 +10,7 @@ a time (lm/quant.py).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import mmap
 from dataclasses import dataclass
@@ -165,16 +166,35 @@ def _drop_pages(checkpoint: Checkpoint, names) -> None:
     table views it), and it is private and never written, so the kernel re-reads a page if it is touched
     again; without this the float weights' pages would stay charged to the process after quantization.
     (Reaches into the reader's map: asr.checkpoint has no API for it.)"""
-    if not hasattr(mmap, "MADV_DONTNEED"):
-        return
     for name in names:
         entry = checkpoint.entries.get(name)
-        m = getattr(checkpoint.files[entry.file.name], "_map", None) if entry is not None else None
-        if m is None:
-            continue
-        start = entry.start - entry.start % mmap.PAGESIZE
-        if entry.end > start:
-            m.madvise(mmap.MADV_DONTNEED, start, entry.end - start)
+        if entry is not None:
+            _drop_range(checkpoint, entry, entry.start, entry.end)
+
+
+def _drop_range(checkpoint: Checkpoint, entry, start: int, end: int) -> None:
+    m = getattr(checkpoint.files[entry.file.name], "_map", None)
+    if m is None or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    start -= start % mmap.PAGESIZE
+    if end > start:
+        m.madvise(mmap.MADV_DONTNEED, start, end - start)
+
+
+def _drop_rows(checkpoint: Checkpoint, name: str):
+    """For the embedding (1 GB of bf16 in E2B): give back its pages slice by slice as they are quantized."""
+    entry = checkpoint.entries[name]
+    row = (entry.end - entry.start) // entry.shape[0]
+    return lambda first, last: _drop_range(checkpoint, entry, entry.start + first * row, entry.start + last * row)
+
+
+def _trim_heap() -> None:
+    """Hand freed float temporaries back to the OS. glibc keeps freed blocks below its (adaptive) mmap
+    threshold in the heap: measured on a 69 M-parameter model, 87 MB of them outlived int8 quantization."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc
 
 
 def _quantized_names(module: torch.nn.Module, prefix: str) -> list[str]:
@@ -191,6 +211,7 @@ def _load_text_quantized(lm, checkpoint: Checkpoint, device, dtype, ignore: set[
         b, v = load_module_weights(layer, checkpoint, prefix, device, dtype, ignore=ignore)
         quantize_linears_(layer, mode)
         _drop_pages(checkpoint, _quantized_names(layer, prefix))
+        _trim_heap()
         nbytes, views = nbytes + b, views + v
     layers = lm.layers
     in_layers = {n for n in checkpoint.entries if n.startswith(TEXT_PREFIX + "layers.")}
@@ -200,8 +221,9 @@ def _load_text_quantized(lm, checkpoint: Checkpoint, device, dtype, ignore: set[
                                    as_stored=host)
     finally:
         lm.layers = layers
-    quantize_text_model_(lm, mode)
+    quantize_text_model_(lm, mode, on_embedding_rows=_drop_rows(checkpoint, TEXT_PREFIX + "embed_tokens.weight"))
     _drop_pages(checkpoint, _quantized_names(lm, TEXT_PREFIX))
+    _trim_heap()
     return nbytes + b, views + v
 
 

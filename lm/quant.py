@@ -7,11 +7,19 @@ Activations stay float: a quantized matrix multiplies float inputs and returns f
 Kernels. On the CPU the products run in PyTorch's fused weight-only kernels, which dequantize inside the
 matmul: `_weight_int8pack_mm` (int8 codes [N, K], one scale per output row) and
 `_weight_int4pack_mm_for_cpu` (codes 0..15 packed by `_convert_weight_to_int4pack_for_cpu`, with
-`scales_and_zeros` [K/group, N, 2] meaning w = (q - 8) * scale + zero). Both take fp32, bf16 and fp16
-inputs with scales in the input's dtype. Elsewhere (CUDA, ...) the weight is dequantized to the input
-dtype for each call and multiplied with F.linear: correct, but not faster than float. PyTorch's CUDA
-`_weight_int8pack_mm` is a naive float32-only kernel, and its CUDA int4 kernel (tinygemm) wants bf16 on
-sm80+ with yet another packing, so neither is used.
+`scales_and_zeros` [K/group, N, 2] meaning w = (q - 8) * scale + zero), scales in the input's dtype.
+Measured on one core for an 8192 x 2048 matrix and one row of input: bf16 float 2.5 ms, int8 1.1 ms,
+int4 0.9 ms. Their float32 paths are scalar code (int8 17 ms, int4 29 ms against 3.8 ms for the fp32
+matmul), so float32 inputs enter the kernels as bf16 and the result returns as float32 (int8 1.7 ms,
+int4 1.0 ms): a quantized product then rounds its input to bf16 (about 0.3 % relative), on top of the
+weights' own rounding. The int8 kernel's cost grows with the rows of input (0.45 ms a row here); beyond
+KERNEL_MAX_ROWS (prefill) the codes are converted to the input dtype and multiplied by BLAS instead
+(16 ms + the float matmul; 200 rows in bf16: 49 ms against 31 ms float). The int4 kernel is used for
+any number of rows (200 rows: 78 ms; unpacking its layout for BLAS costs more).
+Elsewhere (CUDA, ...) the weight is dequantized to the input dtype for each call and multiplied with
+F.linear: correct, but not faster than float. PyTorch's CUDA `_weight_int8pack_mm` is a naive
+float32-only kernel, and its CUDA int4 kernel (tinygemm) wants bf16 on sm80+ with yet another packing,
+so neither is used.
 
 Tied embedding. `embed_tokens` is both the input embedding and the output head. One quantized copy
 serves both: the head is a quantized matmul, the embedding gathers quantized rows and dequantizes only
@@ -23,6 +31,7 @@ they are a rounding error of the bytes read and the router's tanh is sensitive.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -35,9 +44,16 @@ INT4_GROUP_SIZES = (32, 64, 128, 256)
 DEFAULT_GROUP_SIZE = 64  # 4.5 bits a weight with bf16 scale+zero; 32 costs 5 and gains little
 INT8_MIN_FEATURES = 16  # smaller matrices (AltUp coefficients 4x4, 4x16; router 2048->4) stay float
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-_CHUNK_ROWS = 4096  # quantize in row slices: the 262400-row head never needs a full fp32 temporary
+KERNEL_MAX_ROWS = 48  # int8: up to about this many input rows the fused kernel beats convert + BLAS
+CHUNK_ELEMENTS = 1 << 22  # quantize in row slices of about this many weights (16 MB of fp32 temporaries)
 _BLOCK_ROWS = 64  # the CPU int4 packing works in row blocks of 64 or 32; both divide this
 _aten = torch.ops.aten
+RowsDone = Callable[[int, int], None]  # told (start, end) once rows [start, end) are quantized
+
+
+def _chunk_rows(k: int) -> int:
+    """Rows per quantization slice: a multiple of 64 (whole blocks of the CPU int4 packing)."""
+    return max(_BLOCK_ROWS, CHUNK_ELEMENTS // k // _BLOCK_ROWS * _BLOCK_ROWS)
 
 
 def check_mode(mode: str | None) -> str | None:
@@ -65,8 +81,9 @@ class QuantizedWeight(nn.Module):
 
     def dequantize(self) -> torch.Tensor:
         """The whole matrix in `compute_dtype` (tests and the non-CPU fallback)."""
-        parts = [self.rows(torch.arange(s, min(s + _CHUNK_ROWS, self.out_features), device=self.weight.device))
-                 for s in range(0, self.out_features, _CHUNK_ROWS)]
+        step = _chunk_rows(self.in_features)
+        parts = [self.rows(torch.arange(s, min(s + step, self.out_features), device=self.weight.device))
+                 for s in range(0, self.out_features, step)]
         return torch.cat(parts)
 
     def _fallback(self, x: torch.Tensor) -> torch.Tensor:
@@ -76,23 +93,31 @@ class QuantizedWeight(nn.Module):
         return x.device.type == "cpu" and self.weight.device.type == "cpu" and x.dtype in _KERNEL_DTYPES
 
 
+def _kernel_input(x2: torch.Tensor) -> torch.Tensor:
+    """The kernels' float32 paths are scalar code: float32 inputs go in as bf16 (see the module notes)."""
+    return (x2.to(torch.bfloat16) if x2.dtype == torch.float32 else x2).contiguous()
+
+
 class Int8Weight(QuantizedWeight):
     """Symmetric int8, one scale per output row: w[n, k] ~ q[n, k] * scale[n], |q| <= 127."""
 
-    def __init__(self, weight: torch.Tensor):
+    def __init__(self, weight: torch.Tensor, on_rows: RowsDone | None = None):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         dtype = weight.dtype
         codes = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
         scales = torch.empty(self.out_features, dtype=dtype, device=weight.device)
+        step = _chunk_rows(self.in_features)
         with torch.no_grad():
-            for s in range(0, self.out_features, _CHUNK_ROWS):
-                w = weight[s:s + _CHUNK_ROWS].float()
+            for s in range(0, self.out_features, step):
+                w = weight[s:s + step].float()
                 # The scale as stored (rounded to the model dtype) is the one the codes are computed with.
                 sc = (w.abs().amax(dim=1) / 127).to(dtype)
                 sc = torch.where(sc > 0, sc, torch.ones_like(sc))  # an all-zero row (or one below the dtype)
-                codes[s:s + _CHUNK_ROWS] = torch.round(w / sc.float()[:, None]).clamp_(-127, 127).to(torch.int8)
-                scales[s:s + _CHUNK_ROWS] = sc
+                codes[s:s + step] = torch.round(w / sc.float()[:, None]).clamp_(-127, 127).to(torch.int8)
+                scales[s:s + step] = sc
+                if on_rows is not None:
+                    on_rows(s, s + w.shape[0])
         self.register_buffer("weight", codes)
         self.register_buffer("scales", scales)
 
@@ -104,15 +129,18 @@ class Int8Weight(QuantizedWeight):
         ids = ids.to(self.weight.device)
         return (self.weight[ids].float() * self.scales[ids].float().unsqueeze(-1)).to(self.compute_dtype)
 
+    def dequantize(self) -> torch.Tensor:
+        return (self.weight.float() * self.scales.float()[:, None]).to(self.compute_dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        scales = self.scales.to(x.dtype)
-        if self._kernel_ok(x):
-            y = _aten._weight_int8pack_mm(x2.contiguous(), self.weight, scales)
+        if self._kernel_ok(x) and x2.shape[0] <= KERNEL_MAX_ROWS:
+            kx = _kernel_input(x2)
+            y = _aten._weight_int8pack_mm(kx, self.weight, self.scales.to(kx.dtype)).to(x.dtype)
         else:
             # The per-row scale factors out of the sum: scale the [M, N] output, not the [N, K] weight.
-            y = F.linear(x2, self.weight.to(x.dtype)) * scales.to(x.device)
+            y = F.linear(x2, self.weight.to(x.dtype)) * self.scales.to(device=x.device, dtype=x.dtype)
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
@@ -126,7 +154,8 @@ class Int4Weight(QuantizedWeight):
     Layout "cpu": codes packed for `_weight_int4pack_mm_for_cpu` (chosen for weights on the CPU).
     Layout "plain": two codes a byte, the even column in the low nibble (other devices; dequantized per call)."""
 
-    def __init__(self, weight: torch.Tensor, group_size: int = DEFAULT_GROUP_SIZE, layout: str | None = None):
+    def __init__(self, weight: torch.Tensor, group_size: int = DEFAULT_GROUP_SIZE, layout: str | None = None,
+                 on_rows: RowsDone | None = None):
         super().__init__()
         n, k = weight.shape
         if not int4_supported(n, k, group_size):
@@ -143,8 +172,8 @@ class Int4Weight(QuantizedWeight):
         with torch.no_grad():
             # Row slices are multiples of 64, so each slice packs into whole blocks of the CPU layout and
             # the packed slices concatenate to the packing of the whole matrix.
-            for s in range(0, n, _CHUNK_ROWS):
-                w = weight[s:s + _CHUNK_ROWS].float()
+            for s in range(0, n, _chunk_rows(k)):
+                w = weight[s:s + _chunk_rows(k)].float()
                 rows = w.shape[0]
                 wg = w.reshape(rows, groups, group_size)
                 lo, hi = wg.amin(dim=-1), wg.amax(dim=-1)
@@ -158,6 +187,8 @@ class Int4Weight(QuantizedWeight):
                 packed[s:s + rows] = self._pack(q)
                 sz[:, s:s + rows, 0] = scale.T
                 sz[:, s:s + rows, 1] = zero.T
+                if on_rows is not None:
+                    on_rows(s, s + rows)
         self.register_buffer("weight", packed)
         self.register_buffer("scales_and_zeros", sz)
 
@@ -188,6 +219,15 @@ class Int4Weight(QuantizedWeight):
         byte = self.weight.reshape(-1)[slot >> 1].to(torch.int32)
         return (byte >> ((slot & 1) * 4).to(torch.int32)) & 15
 
+    def dequantize(self) -> torch.Tensor:
+        if self.layout == "cpu":
+            return super().dequantize()
+        n, k, g = self.out_features, self.in_features, self.group_size
+        q = torch.stack([self.weight & 15, self.weight >> 4], dim=-1).reshape(n, k // g, g).float()
+        sz = self.scales_and_zeros.float()
+        w = (q - 8) * sz[..., 0].T[..., None] + sz[..., 1].T[..., None]
+        return w.reshape(n, k).to(self.compute_dtype)
+
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         shape = ids.shape
         ids = ids.reshape(-1).to(self.weight.device)
@@ -200,9 +240,12 @@ class Int4Weight(QuantizedWeight):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         if self.layout == "cpu" and self._kernel_ok(x):
-            x2 = x.reshape(-1, self.in_features).contiguous()
-            y = _aten._weight_int4pack_mm_for_cpu(x2, self.weight, self.group_size, self.scales_and_zeros.to(x.dtype))
-            return y.reshape(*lead, self.out_features)
+            # For every number of rows: unpacking this layout for BLAS costs more than the kernel (prefill
+            # of 200 rows: kernel 80 ms, bf16 float matmul 31 ms, unpack + dequantize + matmul 190 ms).
+            kx = _kernel_input(x.reshape(-1, self.in_features))
+            y = _aten._weight_int4pack_mm_for_cpu(kx, self.weight, self.group_size,
+                                                  self.scales_and_zeros.to(kx.dtype))
+            return y.to(x.dtype).reshape(*lead, self.out_features)
         return self._fallback(x)
 
     def extra_repr(self) -> str:
@@ -253,7 +296,7 @@ def cpu_rows_supported(k: int, n: int) -> bool:
 
 
 def quantize_matrix(weight: torch.Tensor, mode: str, group_size: int = DEFAULT_GROUP_SIZE,
-                    need_rows: bool = False) -> QuantizedWeight | None:
+                    need_rows: bool = False, on_rows: RowsDone | None = None) -> QuantizedWeight | None:
     """The quantized form of a float [out, in] matrix, or None where it stays float (too small, or a shape
     the int4 kernel cannot take). `need_rows`: the matrix is also gathered by rows (the tied embedding);
     in int4 mode on a CPU whose packing cannot be gathered it falls back to int8."""
@@ -263,12 +306,12 @@ def quantize_matrix(weight: torch.Tensor, mode: str, group_size: int = DEFAULT_G
             raise ValueError(f"int4 group size {group_size}: expected one of {INT4_GROUP_SIZES}")
         if int4_supported(out_features, in_features, group_size):
             if not (need_rows and weight.device.type == "cpu" and not cpu_rows_supported(in_features, out_features)):
-                return Int4Weight(weight, group_size)
+                return Int4Weight(weight, group_size, on_rows=on_rows)
         elif not need_rows:
             return None
     if min(out_features, in_features) < INT8_MIN_FEATURES:
         return None
-    return Int8Weight(weight)
+    return Int8Weight(weight, on_rows=on_rows)
 
 
 def quantize_linears_(module: nn.Module, mode: str, group_size: int = DEFAULT_GROUP_SIZE,
@@ -289,7 +332,8 @@ def quantize_linears_(module: nn.Module, mode: str, group_size: int = DEFAULT_GR
         del linear
 
 
-def quantize_text_model_(text_model: nn.Module, mode: str, group_size: int = DEFAULT_GROUP_SIZE) -> None:
+def quantize_text_model_(text_model: nn.Module, mode: str, group_size: int = DEFAULT_GROUP_SIZE,
+                         on_embedding_rows: RowsDone | None = None) -> None:
     """Quantize a `lm.model.TextModel` in place: every linear of the decoder layers and the global ones
     (AltUp projections, per-layer model projection), and the tied embedding/head as one quantized matrix.
     The per-layer embedding table is left alone (it is gathered, never multiplied, and stays on the host).
@@ -297,7 +341,7 @@ def quantize_text_model_(text_model: nn.Module, mode: str, group_size: int = DEF
     quantize_linears_(text_model, mode, group_size, skip=("embed_tokens", "embed_tokens_per_layer"))
     embed = text_model.embed_tokens
     if isinstance(embed, nn.Embedding):
-        q = quantize_matrix(embed.weight.detach(), mode, group_size, need_rows=True)
+        q = quantize_matrix(embed.weight.detach(), mode, group_size, need_rows=True, on_rows=on_embedding_rows)
         if q is not None:
             text_model.embed_tokens = q
         del embed

@@ -3,13 +3,14 @@
 Tolerances, measured here on random weights:
 - one matrix (Gaussian weights, K = 128): int8 output error 0.65 % relative to the float product, int4 in
   groups of 64 about 9 % (groups of 32: about 7 %); the fused CPU kernels against a float matmul with the
-  dequantized weight: 1e-7 in fp32, 0.3 % in bf16 (the kernel rounds differently).
+  dequantized weight: 0.3 % (they take bf16 inputs, fp32 ones too); the BLAS paths: 1e-7 in fp32.
 - whole decoder (reference 'sharing' shape, weights 0.4/sqrt(fan_in)): int8 logits 5-9 % relative error,
   top-1 agreement 82-93 %; bf16 float against fp32 is about as far (4-7 %, 88-97 %). Random networks
   amplify any perturbation about tenfold, so int4 (9 % per matrix) lands at 52-68 % relative error and top-1
   agreement 18-34 % on them; the bundled model's WER is the quality guard for int4.
-- a quantized decoder equals the float decoder holding the dequantized weights to 1e-5 (fp32): every
-  matrix, the tied embedding and the head go through the quantized path.
+- a quantized decoder equals the float decoder holding the dequantized weights to 1e-6 in float64 (no
+  fused kernel): every matrix, the tied embedding and the head go through the quantized path. With the
+  kernels (bf16 inputs) the same comparison gives about 3 % on this chaotic random decoder.
 """
 import copy
 import os
@@ -49,14 +50,18 @@ def test_int8_matrix_error_and_kernel(dtype):
     q = Q.quantize_matrix(w.to(dtype), "int8")
     assert isinstance(q, Q.Int8Weight) and q.weight.dtype == torch.int8 and q.compute_dtype == dtype
     x = torch.randn(3, 5, 128, generator=torch.Generator().manual_seed(1)).to(dtype)
-    y = q(x)
+    y = q(x)  # 15 rows: the fused kernel (bf16 inside)
     assert y.shape == (3, 5, 272) and y.dtype == dtype
     assert rel(y, x.float() @ w.T) < 0.01
-    assert rel(y, x @ q.dequantize().T) < (1e-6 if dtype == torch.float32 else 1e-2)
+    assert rel(y, x @ q.dequantize().T) < 1e-2
+    # More rows than KERNEL_MAX_ROWS (prefill): codes converted to the input dtype and multiplied by BLAS.
+    long = torch.randn(Q.KERNEL_MAX_ROWS + 1, 128, generator=torch.Generator().manual_seed(2)).to(dtype)
+    assert long.shape[0] > Q.KERNEL_MAX_ROWS
+    assert rel(q(long), long @ q.dequantize().T) < (1e-6 if dtype == torch.float32 else 1e-2)
     # The fallback (any device or dtype the kernel does not take) gives the same product.
     exact = q.weight.double() * q.scales.double()[:, None]
     assert rel(q(x.double()), x.double() @ exact.T) < 1e-9
-    assert rel(q(x.double()), y) < (1e-6 if dtype == torch.float32 else 1e-2)
+    assert rel(q(x.double()), y) < 1e-2
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -70,11 +75,13 @@ def test_int4_matrix_error_and_kernel(dtype, group, bound):
     y = q(x)
     assert y.shape == (3, 5, 272) and y.dtype == dtype
     assert rel(y, x.float() @ w.T) < bound
-    assert rel(y, x @ q.dequantize().T) < (1e-6 if dtype == torch.float32 else 1e-2)
+    assert rel(y, x @ q.dequantize().T) < 1e-2  # the kernel takes bf16 inputs
     # The other layout (used off the CPU, dequantized per call) holds the same codes.
     plain = Q.Int4Weight(w.to(dtype), group, layout="plain")
     assert torch.equal(plain.dequantize(), q.dequantize())
-    assert rel(plain(x), y) < (1e-6 if dtype == torch.float32 else 1e-2)
+    assert torch.equal(plain.rows(torch.arange(272)), q.dequantize())
+    assert rel(plain(x), x @ q.dequantize().T) < (1e-6 if dtype == torch.float32 else 1e-2)
+    assert rel(plain(x), y) < 1e-2
 
 
 def test_dequantized_values_follow_the_documented_formulas():
@@ -103,8 +110,10 @@ def test_rows_are_the_dequantized_rows(mode):
 def test_quantizing_in_row_slices_equals_quantizing_at_once(monkeypatch, mode):
     w = gaussian(272, 64)
     whole = Q.quantize_matrix(w, mode, 32)
-    monkeypatch.setattr(Q, "_CHUNK_ROWS", 64)
-    sliced = Q.quantize_matrix(w, mode, 32)
+    monkeypatch.setattr(Q, "CHUNK_ELEMENTS", 64 * 64)
+    done = []
+    sliced = Q.quantize_matrix(w, mode, 32, on_rows=lambda a, b: done.append((a, b)))
+    assert done == [(0, 64), (64, 128), (128, 192), (192, 256), (256, 272)]
     for (name, a), (_, b) in zip(whole.named_buffers(), sliced.named_buffers()):
         assert torch.equal(a, b), name
 
@@ -174,8 +183,11 @@ def test_quantized_decoder_logits(mode, rel_bound, top1_bound):
     assert quant.dtype == torch.float32
     with torch.no_grad():
         ref, out = model(ids), quant(ids)
-        exact = dequantized_copy(quant)(ids)
-    assert rel(out, exact) < 1e-5
+        # In float64 no fused kernel runs: the quantized plumbing (every matrix, the embedding rows, the
+        # head) must then equal the float decoder holding the dequantized weights.
+        assert rel(copy.deepcopy(quant).double()(ids), dequantized_copy(quant).double()(ids)) < 1e-5
+        # The kernels take bf16 inputs; this random decoder amplifies that rounding about tenfold.
+        assert rel(out, dequantized_copy(quant)(ids)) < 0.06
     assert rel(out, ref) < rel_bound
     if top1_bound is not None:
         assert float((out.argmax(-1) == ref.argmax(-1)).float().mean()) >= top1_bound
