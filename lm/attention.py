@@ -36,8 +36,9 @@ class Rotary:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [B, T, H, D]; rotate-half over the full head dim."""
-    cos, sin = cos[:, None, :], sin[:, None, :]
+    """x [B, T, H, D]; cos/sin [T, D] (shared by the batch) or [B, T, D] (per row); rotate-half over the
+    full head dim."""
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
@@ -47,10 +48,10 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class AttentionContext:
     """What every layer of one type sees in one forward: RoPE tables, the key range and the mask."""
 
-    cos: torch.Tensor  # [T, head_dim]
+    cos: torch.Tensor  # [T, head_dim], or [B, T, head_dim] per row (lm.static_cache)
     sin: torch.Tensor
     key_start: int  # first key position kept (sliding layers drop keys that no query can see)
-    mask: torch.Tensor | None  # [T, S] bool, True = may attend; None = plain causal from position 0
+    mask: torch.Tensor | None  # [T, S] or per row [B, 1, T, S] bool, True = may attend; None = causal from 0
 
 
 def attention_context(config: TextConfig, rotary: Rotary, layer_type: str, start: int, length: int,

@@ -170,8 +170,11 @@ class TextModel(nn.Module):
     def _run_layers(self, streams: torch.Tensor, ple: torch.Tensor, start: int, cache: KVCache | None):
         c = self.config
         t = streams.shape[2]
-        contexts = {typ: attention_context(c, self.rotary, typ, start, t, streams.device, streams.dtype)
-                    for typ in set(c.layer_types)}
+        if hasattr(cache, "attention_contexts"):  # lm.static_cache: per-row positions and masks
+            contexts = cache.attention_contexts(self.rotary, t, streams.device, streams.dtype)
+        else:
+            contexts = {typ: attention_context(c, self.rotary, typ, start, t, streams.device, streams.dtype)
+                        for typ in set(c.layer_types)}
         shared_kv: dict = {}
         for i, layer in enumerate(self.layers):
             streams = layer(streams, ple[:, :, i], contexts[c.layer_types[i]], cache, shared_kv)

@@ -6,8 +6,13 @@ audio, or the finish) in a single inference thread, so the event loop never bloc
 and a session that sent a lot of audio at once cannot starve the others: it gets one turn per round
 like everyone else. One thread is right for a CPU box (torch already uses the cores) and for one GPU.
 
-Batching across sessions would slot in at `_run_one`: take up to B ready lanes per round and hand
-their jobs to a batched session method in one executor call.
+Batching across sessions (`batch_sessions` > 1 and a `run_batch` from the session factory): the worker
+takes up to B lanes from the front of the queue, one bounded job each as before, and runs them in one
+executor call (streaming.batch_jobs): the jobs advance in turn to their next decode, and those decodes
+run as one batched call, so B sessions share each forward. Fairness is the same: a lane still waits in
+the queue at most once and gets one job per turn; batching only lets several turns run together. The
+batch's time is shared equally by its lanes in the latency accounting. Sessions without
+`feed_steps`/`finish_steps` run their jobs plainly, one after the other, within the same call.
 
 SessionStats does the latency accounting reported in `done` (definitions in docs/protocol.md).
 """
@@ -24,6 +29,7 @@ import numpy as np
 
 from audio_encoder.audio import SAMPLE_RATE
 
+from .batch_jobs import Job, RunBatch, run_interleaved
 from .protocol import SessionEvent, StreamingSession
 
 log = logging.getLogger("streaming.scheduler")
@@ -46,6 +52,7 @@ class Lane:
         self.finished: asyncio.Future = asyncio.get_running_loop().create_future()
         self.busy_seconds = 0.0     # inference time spent on this lane (for the real-time factor)
         self.closed = False
+        self._released = False
         self._space = asyncio.Event()
         self._space.set()
 
@@ -72,19 +79,23 @@ class Lane:
         return self.finished
 
     def close(self) -> None:
-        """Abandon the lane (client gone): queued audio is dropped, a running job's result discarded."""
+        """Abandon the lane (client gone, or done): queued audio is dropped, a running job's result
+        discarded, and the session's close() (if any: a shared cache slot) runs after that job."""
         self.closed = True
         self._audio.clear()
         self.pending_samples = 0
         self._space.set()
         if not self.finished.done():
             self.finished.cancel()
+        if not self._released:
+            self._released = True
+            self._scheduler._close_session(self)
 
     @property
     def has_work(self) -> bool:
         return not self.closed and not self.finished.done() and (bool(self._audio) or self._finish_requested)
 
-    def _take_job(self, max_samples: int) -> Callable[[], list[SessionEvent]] | None:
+    def _take_job(self, max_samples: int) -> Job | None:
         """The next bounded job: up to max_samples of queued audio, else the finish."""
         if not self.has_work:
             return None
@@ -102,21 +113,26 @@ class Lane:
             if self.pending_samples <= self._scheduler.max_pending_samples:
                 self._space.set()
             pcm = np.concatenate(parts) if len(parts) > 1 else parts[0]
-            return lambda: list(self.session.feed(pcm))
+            steps = getattr(self.session, "feed_steps", None)
+            return Job(lambda: list(self.session.feed(pcm)), steps and (lambda: steps(pcm)))
         self._finish_requested = False
-        return self._finish_job
-
-    def _finish_job(self) -> list[SessionEvent]:
-        return list(self.session.finish())
+        return Job(lambda: list(self.session.finish()), getattr(self.session, "finish_steps", None), finishing=True)
 
 
 class FairScheduler:
-    """Round-robin over lanes with work; one inference thread. Start with `start()`, end with `stop()`."""
+    """Round-robin over lanes with work; one inference thread. Start with `start()`, end with `stop()`.
 
-    def __init__(self, max_job_seconds: float = 2.0, max_pending_seconds: float = 30.0):
+    batch_sessions: how many lanes' jobs may run together (1 = one at a time); needs `run_batch`."""
+
+    def __init__(self, max_job_seconds: float = 2.0, max_pending_seconds: float = 30.0, batch_sessions: int = 1,
+                 run_batch: RunBatch | None = None):
         if max_job_seconds <= 0 or max_pending_seconds <= 0:
             raise ValueError("FairScheduler: max_job_seconds and max_pending_seconds must be > 0, got "
                              f"{max_job_seconds} and {max_pending_seconds}")
+        if batch_sessions < 1:
+            raise ValueError(f"FairScheduler: batch_sessions must be >= 1, got {batch_sessions}")
+        self.batch_sessions = batch_sessions if run_batch is not None else 1
+        self._run_batch = run_batch
         self.max_job_samples = int(max_job_seconds * SAMPLE_RATE)
         self.max_pending_samples = int(max_pending_seconds * SAMPLE_RATE)
         self._queue: deque[Lane] = deque()
@@ -157,43 +173,91 @@ class FairScheduler:
             while not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            lane = self._queue.popleft()
-            await self._run_one(lane)
-            if lane.has_work:
-                self._ready(lane)
+            lanes = [self._queue.popleft()]
+            while len(lanes) < self.batch_sessions and self._queue:
+                lanes.append(self._queue.popleft())
+            if len(lanes) == 1:
+                await self._run_one(lanes[0])
+            else:
+                await self._run_many(lanes)
+            for lane in lanes:
+                if lane.has_work:
+                    self._ready(lane)
 
     async def _run_one(self, lane: Lane) -> None:
         job = lane._take_job(self.max_job_samples)
         if job is None:
             return
-        finishing = job == lane._finish_job
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         try:
-            events = await loop.run_in_executor(self._executor, job)
+            outcome = await loop.run_in_executor(self._executor, job.run)
         except asyncio.CancelledError:
             raise
         except Exception as err:  # a session's bug must not take the scheduler down
-            log.exception("session %s: decoding failed", lane.name)
-            if not lane.finished.done():
-                lane.finished.set_exception(err)
-            lane.closed = True
-            return
+            outcome = err
         finally:
             self.jobs_run += 1
-        lane.busy_seconds += time.perf_counter() - t0
+        self._settle(lane, job, outcome, time.perf_counter() - t0)
+
+    async def _run_many(self, lanes: list[Lane]) -> None:
+        """One job of each lane, their decodes batched, in one executor call."""
+        taken = [(lane, job) for lane in lanes if (job := lane._take_job(self.max_job_samples)) is not None]
+        if not taken:
+            return
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        try:
+            outcomes = await loop.run_in_executor(self._executor, run_interleaved, [j for _, j in taken],
+                                                  self._run_batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # not expected (run_interleaved catches the sessions' errors)
+            outcomes = [err] * len(taken)
+        finally:
+            self.jobs_run += len(taken)
+        share = (time.perf_counter() - t0) / len(taken)
+        for (lane, job), outcome in zip(taken, outcomes):
+            self._settle(lane, job, outcome, share)
+
+    def _settle(self, lane: Lane, job: Job, outcome: list | Exception, seconds: float) -> None:
+        """Account a finished job and deliver its events (or fail its lane)."""
+        if isinstance(outcome, Exception):
+            log.error("session %s: decoding failed", lane.name, exc_info=outcome)
+            if not lane.finished.done():
+                lane.finished.set_exception(outcome)
+            lane.closed = True
+            return
+        lane.busy_seconds += seconds
         if lane.closed:
             return
+        events = outcome
         try:
-            lane._deliver(events, time.perf_counter() - t0)
+            lane._deliver(events, seconds)
         except Exception as err:
             log.exception("session %s: delivering events failed", lane.name)
             if not lane.finished.done():
                 lane.finished.set_exception(err)
             lane.closed = True
             return
-        if finishing and not lane.finished.done():
+        if job.finishing and not lane.finished.done():
             lane.finished.set_result(None)
+
+    def _close_session(self, lane: Lane) -> None:
+        """Run the session's close() in the inference thread, after any job of it still running there."""
+        close = getattr(lane.session, "close", None)
+        if close is None:
+            return
+        try:
+            fut = asyncio.get_running_loop().run_in_executor(self._executor, close)
+        except RuntimeError:  # executor already shut down (server stopping): nothing to give back to
+            return
+
+        def check(f: asyncio.Future) -> None:
+            if not f.cancelled() and f.exception() is not None:
+                log.error("session %s: close failed", lane.name, exc_info=f.exception())
+
+        fut.add_done_callback(check)
 
 
 # --- latency accounting ---------------------------------------------------------------------------

@@ -48,11 +48,12 @@ class ServerOptions:
     max_session_seconds: float = 4 * 3600.0  # wall-clock length of one session
     max_job_seconds: float = 2.0          # audio per scheduler turn (fairness granularity)
     max_pending_seconds: float = 30.0     # unprocessed audio per session before reading pauses
+    batch_sessions: int = 4               # sessions whose decodes may share a forward (1 = one at a time)
     shutdown_timeout: float = 30.0        # grace period for sessions to finish at SIGTERM
     model_name: str = "gemma3n-speech"
 
     def __post_init__(self) -> None:
-        for name in ("max_sessions", "max_frame_bytes", "transport_max_bytes"):
+        for name in ("max_sessions", "max_frame_bytes", "transport_max_bytes", "batch_sessions"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ServerOptions.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("idle_timeout", "max_session_seconds", "shutdown_timeout"):
@@ -295,7 +296,9 @@ class StreamingServer:
 
     async def start(self) -> None:
         o = self.options
-        self.scheduler = FairScheduler(o.max_job_seconds, o.max_pending_seconds)
+        # Batching needs the factory's batched decode (streaming.session.SessionFactory.run_batch).
+        self.scheduler = FairScheduler(o.max_job_seconds, o.max_pending_seconds, o.batch_sessions,
+                                       getattr(self.factory, "run_batch", None))
         self.scheduler.start()
         self._shutdown_event = asyncio.Event()
         self._shutdown_wait = asyncio.ensure_future(self._shutdown_event.wait())
@@ -394,6 +397,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default=d.host, help=f"address to listen on (default: {d.host})")
     p.add_argument("--port", type=int, default=d.port, help=f"port (default: {d.port}; 0 = any free port)")
     p.add_argument("--max-sessions", type=int, default=d.max_sessions, help=f"default: {d.max_sessions}")
+    p.add_argument("--batch-sessions", type=int, default=d.batch_sessions,
+                   help="decode up to N ready sessions together, one forward per token for all of them "
+                        f"(1 = off; default: {d.batch_sessions})")
     p.add_argument("--token", help="require this bearer token (Authorization header or ?token=)")
     p.add_argument("--max-frame-bytes", type=int, default=d.max_frame_bytes, help="default: 1 MiB")
     p.add_argument("--idle-timeout", type=float, default=d.idle_timeout, help="seconds (default: 60)")
@@ -404,6 +410,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def options_from_args(args: argparse.Namespace, model_name: str) -> ServerOptions:
     return ServerOptions(host=args.host, port=args.port, max_sessions=args.max_sessions, token=args.token,
+                         batch_sessions=getattr(args, "batch_sessions", ServerOptions.batch_sessions),
                          max_frame_bytes=args.max_frame_bytes, idle_timeout=args.idle_timeout,
                          max_session_seconds=args.max_session_seconds, model_name=model_name)
 
@@ -418,7 +425,8 @@ def load_factory(args: argparse.Namespace) -> tuple[P.SessionFactory, str]:
 
     model = load_model_for_command(args.model, args.device, args.dtype, getattr(args, "quantize", None))
     name = (getattr(model, "metadata", None) or {}).get("name") or str(getattr(model, "source", "")) or "gemma3n"
-    return session_factory(model), name
+    batch = min(getattr(args, "batch_sessions", ServerOptions.batch_sessions), args.max_sessions)
+    return session_factory(model, batch_sessions=batch, max_sessions=args.max_sessions), name
 
 
 async def serve_until_signal(server: StreamingServer) -> None:

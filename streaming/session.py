@@ -7,18 +7,26 @@ makes final the words two consecutive hypotheses agree on, and those words are t
 start of the answer (one prefill) instead of being generated again. The decoder's KV cache keeps the
 prompt prefix and the audio tokens already decoded (the mask is causal); only what follows them is
 recomputed. Windows are trimmed at commits of whole utterances, so work per update stays bounded.
+
+Batching across sessions: `feed_steps`/`finish_steps` are feed/finish as generators that yield each
+decode they need (a `DecodeStep`) and take its text back, so a scheduler can run several sessions' decodes
+in one batched call (`decode_batch`, on cache slots of one shared `StaticCache`); feed/finish drive the
+same generators with `_decode`, one decode at a time.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Generator
 
 import numpy as np
 import torch
 
 from asr.model import DecodeOptions, SpeechModel
 from audio_encoder.vad import VadOptions, VadStream
+from lm.batched_generate import DecodeRequest, generate_many
 from lm.generate import generate
 from lm.kv_cache import KVCache
+from lm.static_cache import CacheRows, StaticCache
 from lm.prompt import instruction, split_translation
 
 from . import policy
@@ -52,10 +60,29 @@ class SessionOptions:
             raise ValueError(f"max_window_s must be between 0.5 and 30 seconds, got {self.max_window_s}")
 
 
-class StreamingDecoder:
-    """One stream's state. Not thread-safe: one caller at a time (the server's worker)."""
+@dataclass(frozen=True)
+class DecodeStep:
+    """A decode a session needs: the window [start, end) under `request`, with `forced` as the answer's start."""
 
-    def __init__(self, model: SpeechModel, options: SessionOptions = SessionOptions()):
+    session: "StreamingDecoder"
+    start: int
+    end: int
+    request: str
+    forced: str
+
+
+# What feed_steps/finish_steps are: yield DecodeStep, receive its text, return the events.
+Steps = Generator[DecodeStep, str, list[SessionEvent]]
+
+
+class StreamingDecoder:
+    """One stream's state. Not thread-safe: one caller at a time (the server's worker).
+
+    cache: where the decoder's keys and values live between updates: a KVCache of its own (default), or
+    a slot of a StaticCache shared with other sessions (batched serving; `close()` gives it back)."""
+
+    def __init__(self, model: SpeechModel, options: SessionOptions = SessionOptions(),
+                 cache: KVCache | CacheRows | None = None):
         model.require_tokenizer()
         if options.task == "translate":
             model.check_task("translate")
@@ -65,7 +92,7 @@ class StreamingDecoder:
         self.encoder = model.audio_stream()
         self.vad = VadStream(options.vad)
         self.ring = TokenRing(capacity=int(options.max_window_s / TOKEN_SECONDS) + 64)
-        self.cache = KVCache()
+        self.cache = cache if cache is not None else KVCache()
         self.cached_audio = (-1, 0)  # (window start, audio tokens) whose K/V the cache holds after the prefix
         request = instruction("transcribe", options.language)
         self.prompt_prefix = model.build_prompt(request, 0).prefix
@@ -83,6 +110,20 @@ class StreamingDecoder:
 
     # ---- public ----------------------------------------------------------------------------------
     def feed(self, pcm: np.ndarray) -> list[SessionEvent]:
+        return self._run(self.feed_steps(pcm))
+
+    def finish(self) -> list[SessionEvent]:
+        """End of stream: decode what is left of the utterance and commit all of it."""
+        return self._run(self.finish_steps())
+
+    def close(self) -> None:
+        """Give back a shared cache slot; the session is not used afterwards."""
+        release = getattr(self.cache, "release", None)
+        if release is not None:
+            release()
+
+    def feed_steps(self, pcm: np.ndarray) -> Steps:
+        """feed() as a generator of its decodes (see the module docstring)."""
         if self.finished:
             raise RuntimeError("feed() after finish()")
         pcm = np.asarray(pcm, dtype=np.float32)
@@ -100,20 +141,29 @@ class StreamingDecoder:
                 self.speech_end = frame_end
             self.vad_samples = frame_end
             if self.utterance is not None and self._paused():
-                events += self._end_utterance(self._token_after(self.speech_end))
-        events += self._maybe_update()
+                events += yield from self._end_utterance(self._token_after(self.speech_end))
+        events += yield from self._maybe_update()
         self._drop_silence()
         return events
 
-    def finish(self) -> list[SessionEvent]:
-        """End of stream: decode what is left of the utterance and commit all of it."""
+    def finish_steps(self) -> Steps:
+        """finish() as a generator of its decodes."""
         if self.finished:
             return []
         self.finished = True
         self._store(self.encoder.flush())
         if self.utterance is None:
             return []
-        return self._end_utterance(self.ring.end)
+        return (yield from self._end_utterance(self.ring.end))
+
+    def _run(self, steps: Steps) -> list[SessionEvent]:
+        """Drive a step generator alone: each decode through `_decode`."""
+        try:
+            step = next(steps)
+            while True:
+                step = steps.send(self._decode(step.start, step.end, step.request, step.forced))
+        except StopIteration as done:
+            return done.value
 
     # ---- audio bookkeeping -----------------------------------------------------------------------
     def _store(self, tokens: torch.Tensor) -> None:
@@ -140,15 +190,15 @@ class StreamingDecoder:
             self.ring.drop_before(keep)
 
     # ---- decoding ------------------------------------------------------------------------------
-    def _maybe_update(self) -> list[SessionEvent]:
+    def _maybe_update(self) -> Steps:
         if self.utterance is None:
             return []
         end = self.ring.end
         if (end - self.utterance) * TOKEN_SECONDS >= self.options.max_window_s:
-            return self._end_utterance(end, keep_going=True)
+            return (yield from self._end_utterance(end, keep_going=True))
         if (end - self.decoded_to) * TOKEN_SECONDS < self.options.update_s:
             return []
-        words = self._hypothesis(end)
+        words = yield from self._hypothesis(end)
         if self.options.task == "translate":
             # Finals of a translation session come at utterance ends, where the translation of the whole
             # utterance is decoded; meanwhile the partial shows the transcript hypothesis.
@@ -156,7 +206,7 @@ class StreamingDecoder:
         self.agreement, step = policy.agree(self.agreement, words, key=policy.loose)
         events = []
         if step.committed:
-            events.append(self._final(list(step.committed), self.decoded_to_before))
+            events.append((yield from self._final(list(step.committed), self.decoded_to_before)))
         if step.partial or events:
             events.append(self._partial(step.partial, end))
         return events
@@ -166,15 +216,15 @@ class StreamingDecoder:
         return SessionEvent("partial", policy.join_words(words), self.final_end,
                             max(self.final_end, end_token * TOKEN_SECONDS))
 
-    def _end_utterance(self, end: int, keep_going: bool = False) -> list[SessionEvent]:
+    def _end_utterance(self, end: int, keep_going: bool = False) -> Steps:
         """A pause (or the stream's end, or the window limit): everything heard is committed."""
         end = max(end, self.utterance or 0)
         events: list[SessionEvent] = []
         if end > self.utterance:
-            words = self._hypothesis(end)
+            words = yield from self._hypothesis(end)
             self.agreement, step = policy.commit_all(self.agreement, words)
             if step.committed:
-                events.append(self._final(list(step.committed), end))
+                events.append((yield from self._final(list(step.committed), end)))
         # Trim the window: the next utterance starts fresh (its own prompt, no forced prefix).
         self.ring.drop_before(min(end, self.ring.end))
         self.utterance = end if keep_going else None
@@ -186,29 +236,43 @@ class StreamingDecoder:
             events.append(SessionEvent("partial", "", self.final_end, self.final_end))
         return events
 
-    def _final(self, words: list[str], end_token: int) -> SessionEvent:
+    def _final(self, words: list[str], end_token: int) -> Generator[DecodeStep, str, SessionEvent]:
         """Commit `words`: they join the forced prefix and are reported once, as a final."""
         self.window_text += words
         text = policy.join_words(words)
         start, end = self.final_end, max(self.final_end, end_token * TOKEN_SECONDS)
         translation = None
         if self.options.task == "translate":
-            translation = self._translate(policy.join_words(self.window_text), end_token)
+            translation = yield from self._translate(policy.join_words(self.window_text), end_token)
         self.final_end = end
         return SessionEvent("final", text, start, end, translation)
 
-    def _hypothesis(self, end: int) -> list[str]:
+    def _hypothesis(self, end: int) -> Generator[DecodeStep, str, list[str]]:
         """Decode the window [utterance, end) with the committed words forced; the uncommitted words."""
         self.decoded_to_before = self.decoded_to
         self.decoded_to = end
         forced = policy.join_words(self.window_text)
-        text = self._decode(self.utterance, end, self.request, forced)
+        text = yield DecodeStep(self, self.utterance, end, self.request, forced)
         words = text.split()
         words = words[:policy.repetition_loop(words)]
         return words
 
     @torch.inference_mode()
     def _decode(self, start: int, end: int, request: str, forced: str) -> str:
+        """Decode the window [start, end) under `request` with `forced` as the answer's start, alone."""
+        job = self._decode_request(start, end, request, forced)
+        if isinstance(self.cache, KVCache):
+            model = self.model
+            new = generate(model.language_model, job.input_ids, inputs_embeds=job.inputs_embeds,
+                           max_new_tokens=job.max_new_tokens, stop_ids=job.stop_ids,
+                           forced_prefix_ids=job.forced_prefix_ids, cache=self.cache,
+                           repetition_guard=job.repetition_guard, embed=model.embed_ids, suppress_ids=job.suppress_ids)
+        else:
+            new = generate_many(self.model.language_model, [job], embed=self.model.embed_ids)[0]
+        return self._decode_text(start, end, request, new)
+
+    def _decode_request(self, start: int, end: int, request: str, forced: str) -> DecodeRequest:
+        """The prompt of one decode; crops the cache back to what this prompt shares with the last one."""
         model, tok = self.model, self.model.tokenizer
         audio = self.ring.window(start, end)
         block = model.audio_block(audio, self.layout)
@@ -216,33 +280,95 @@ class StreamingDecoder:
         ids, emb = model.prompt_embeddings(prompt, block)
         # K/V of the prompt prefix, and of the audio tokens decoded before in this window, are still valid.
         same_window = self.cached_audio[0] == start and request == self.request
-        reusable = len(prompt.prefix) + (min(self.cached_audio[1], end - start) if same_window else 0)
-        self.cache.crop(min(self.cache.length, reusable))
+        reusable = min(self.cache.length,
+                       len(prompt.prefix) + (min(self.cached_audio[1], end - start) if same_window else 0))
+        if isinstance(self.cache, CacheRows):
+            reusable = self.cache.restorable(reusable)  # a wrapped sliding ring may not go back that far
+        self.cache.crop(reusable)
         forced_ids = tok.encode(forced) if forced else None
-        new = generate(model.language_model, ids, inputs_embeds=emb, max_new_tokens=self.options.max_new_tokens,
-                       stop_ids=model.stop_ids, forced_prefix_ids=forced_ids, cache=self.cache,
-                       repetition_guard=True, embed=model.embed_ids, suppress_ids=model.non_text_ids())
-        self.cached_audio = (start, end - start) if request == self.request else (-1, 0)
-        return tok.decode(new)
+        return DecodeRequest(ids, emb, forced_ids, self.options.max_new_tokens, model.stop_ids, True,
+                             model.non_text_ids(), self.cache)
 
-    def _translate(self, transcript: str, end: int) -> str:
+    def _decode_text(self, start: int, end: int, request: str, new: list[int]) -> str:
+        """The answer's text; notes which audio tokens the cache now holds."""
+        self.cached_audio = (start, end - start) if request == self.request else (-1, 0)
+        return self.model.tokenizer.decode(new)
+
+    def _translate(self, transcript: str, end: int) -> Generator[DecodeStep, str, str]:
         """The chain-of-thought prompt over the utterance's audio, with the final transcript forced."""
         request = instruction("translate", self.options.language, self.options.target_language)
         start = self.utterance if self.utterance is not None else self.ring.start
-        answer = self._decode(start, end, request, transcript + "\n\n")
+        answer = yield DecodeStep(self, start, end, request, transcript + "\n\n")
         self.cached_audio = (-1, 0)
         return split_translation(transcript + "\n\n" + answer)[1]
 
 
-def session_factory(model: SpeechModel, **overrides):
-    """What `asr serve` hands the server: start request -> StreamingDecoder over the shared model."""
+@torch.inference_mode()
+def decode_batch(steps: list[DecodeStep]) -> list[str]:
+    """The texts of several sessions' decode steps, their decoding batched where their caches allow it
+    (slots of one StaticCache: one forward per token for all of them; see lm.batched_generate)."""
+    jobs = [s.session._decode_request(s.start, s.end, s.request, s.forced) for s in steps]
+    tokens: list[list[int] | None] = [None] * len(steps)
+    by_model: dict[int, list[int]] = {}
+    for i, s in enumerate(steps):
+        by_model.setdefault(id(s.session.model), []).append(i)
+    for members in by_model.values():
+        model = steps[members[0]].session.model
+        for i, new in zip(members, generate_many(model.language_model, [jobs[i] for i in members],
+                                                 embed=model.embed_ids)):
+            tokens[i] = new
+    return [s.session._decode_text(s.start, s.end, s.request, new) for s, new in zip(steps, tokens)]
 
-    def make(start: StartRequest) -> StreamingDecoder:
+
+class SessionFactory:
+    """What `asr serve` hands the server: start request -> StreamingDecoder over the shared model.
+
+    batch_sessions > 1: sessions keep their keys and values in slots of one StaticCache (allocated at the
+    first session, `max_sessions` rows), so the scheduler can batch their decodes through `run_batch`;
+    a session that finds no free slot keeps a KVCache of its own (it then decodes alone)."""
+
+    def __init__(self, model: SpeechModel, batch_sessions: int = 1, max_sessions: int = 4, **overrides):
+        if batch_sessions < 1 or max_sessions < 1:
+            raise ValueError(f"batch_sessions and max_sessions must be >= 1, got {batch_sessions} and {max_sessions}")
+        self.model, self.overrides = model, overrides
+        self.batch_sessions, self.max_sessions = batch_sessions, max_sessions
+        self.run_batch = decode_batch if batch_sessions > 1 else None
+        self.slots: StaticCache | None = None
+
+    def __call__(self, start: StartRequest) -> StreamingDecoder:
         try:
             options = SessionOptions(task=start.task, language=start.language,
-                                     target_language=start.target_language, **overrides)
-            return StreamingDecoder(model, options)
+                                     target_language=start.target_language, **self.overrides)
+            slot = self._slot(options)
+            try:
+                return StreamingDecoder(self.model, options, cache=slot)
+            except BaseException:
+                if slot is not None:
+                    slot.release()
+                raise
         except (ValueError, RuntimeError) as e:  # a model without translation, a missing tokenizer, ...
             raise ValueError(str(e)) from None
 
-    return make
+    def _slot(self, options: SessionOptions) -> CacheRows | None:
+        if self.batch_sessions == 1:
+            return None
+        if self.slots is None:
+            lm = self.model.language_model
+            self.slots = StaticCache(lm.config, self.max_sessions, self._positions(options), self.model.device,
+                                     self.model.dtype)
+        return self.slots.allocate()
+
+    def _positions(self, options: SessionOptions) -> int:
+        """Cache positions a session's decode may fill: the longest prompt (a translation request over
+        the largest audio block), the forced words and the answer, with room to spare; a decode that
+        still does not fit runs alone on a KVCache (lm.batched_generate.generate_many)."""
+        layout = options.audio_layout or self.model.default_audio_layout
+        audio = (self.model.config.audio_soft_tokens_per_image if layout == "padded"
+                 else int(options.max_window_s / TOKEN_SECONDS) + 64)
+        prompt = self.model.build_prompt(instruction("translate", "en", "en"), audio)
+        return len(prompt.ids) + 64 + 2 * options.max_new_tokens
+
+
+def session_factory(model: SpeechModel, batch_sessions: int = 1, max_sessions: int = 4,
+                    **overrides) -> SessionFactory:
+    return SessionFactory(model, batch_sessions, max_sessions, **overrides)

@@ -1,0 +1,171 @@
+"""Greedy decoding of several independent requests at once, on a preallocated cache (lm.static_cache).
+
+Each request is prefilled on its own (prompts differ in length), then every decode step runs the
+unfinished rows in one forward: one [B, D] x [D, N] matmul per weight instead of B vector products,
+which is where decoding spends its time (reading the weights). Each row keeps `generate`'s contract
+exactly: forced prefix, cache reuse, stop ids, token budget, repetition guard, suppressed ids; the same
+tokens as `generate` on that request alone, up to the float rounding of a batched matmul.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .generate import RepetitionGuard, _as_batch, generate
+from .kv_cache import KVCache
+from .static_cache import CacheRows, StaticCache
+
+
+@dataclass
+class DecodeRequest:
+    """One sequence to continue, with `generate`'s arguments (greedy only).
+
+    cache: a one-row slot of a StaticCache (`cache.slot(i)` / `cache.allocate()`) whose first positions
+    may already hold a prefix of this prompt; a KVCache (then the request runs alone, through `generate`);
+    or None (a temporary cache)."""
+
+    input_ids: Sequence[int] | torch.Tensor
+    inputs_embeds: torch.Tensor | None = None
+    forced_prefix_ids: Sequence[int] | None = None
+    max_new_tokens: int = 256
+    stop_ids: Sequence[int] = ()
+    repetition_guard: bool | RepetitionGuard = False
+    suppress_ids: Sequence[int] = ()
+    cache: CacheRows | KVCache | None = None
+
+
+class _Row:
+    """Decoding state of one request."""
+
+    def __init__(self, request: DecodeRequest, device: torch.device):
+        self.request = request
+        self.stops = {int(s) for s in request.stop_ids}
+        guard = request.repetition_guard
+        self.guard = RepetitionGuard() if guard is True else (guard or None)
+        self.suppress = torch.tensor(sorted({int(i) for i in request.suppress_ids}), dtype=torch.long,
+                                     device=device)
+        self.out: list[int] = []
+        self.alive = request.max_new_tokens > 0
+        self.token = -1
+
+    def take(self, logits: torch.Tensor) -> None:
+        """logits [V] of the next position: pick greedily, then stop as `generate` would."""
+        if self.suppress.numel():
+            logits = logits.index_fill(-1, self.suppress, float("-inf"))
+        value = int(logits.argmax(-1))
+        if value in self.stops:
+            self.alive = False
+            return
+        self.out.append(value)
+        if self.guard is not None and (cut := self.guard.loop_start(self.out)) is not None:
+            del self.out[cut:]
+            self.alive = False
+        elif len(self.out) >= self.request.max_new_tokens:
+            self.alive = False
+        self.token = value
+
+
+def _prompt(model, request: DecodeRequest, embed, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """ids [1, L] and embeddings [1, L, D] (or None) of prompt + forced prefix, as `generate` builds them."""
+    ids = _as_batch(request.input_ids, device)
+    emb = request.inputs_embeds
+    if emb is not None and emb.shape[:2] != ids.shape:
+        raise ValueError(f"inputs_embeds {list(emb.shape)} does not match input_ids {list(ids.shape)}")
+    if emb is None and embed is not None:
+        emb = embed(ids)
+    if request.forced_prefix_ids:
+        forced = _as_batch(request.forced_prefix_ids, device)
+        if emb is not None:
+            new = (embed or model.embed)(forced)
+            emb = torch.cat([emb.to(model.dtype), new.to(model.dtype)], dim=1)
+        ids = torch.cat([ids, forced], dim=1)
+    return ids, emb
+
+
+def positions_needed(request: DecodeRequest) -> int:
+    """Cache positions the request can fill: prompt, forced prefix, all generated tokens but the last."""
+    n = torch.as_tensor(request.input_ids).numel() + len(request.forced_prefix_ids or ())
+    return n + max(request.max_new_tokens - 1, 0)
+
+
+@torch.inference_mode()
+def generate_batch(model, requests: Sequence[DecodeRequest],
+                   embed: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[list[int]]:
+    """Greedy continuations of all requests; returns each one's new ids (without the forced prefix and
+    the stop id), as `generate(model, ...)` returns them for that request alone.
+
+    The requests' caches are one-row slots of the same StaticCache, or all None (a temporary cache is
+    made). Afterwards each slot holds what `generate` leaves in a KVCache: prompt, forced prefix and the
+    generated tokens but the last. `embed` embeds new ids (forced prefix, generated tokens) for all rows,
+    as in `generate`.
+    """
+    if not requests:
+        return []
+    device = model.embed_tokens.weight.device
+    slots = [r.cache for r in requests]
+    if all(s is None for s in slots):
+        cache = StaticCache(model.config, len(requests), max(positions_needed(r) for r in requests), device,
+                            model.dtype)
+        slots = [cache.slot(i) for i in range(len(requests))]
+    elif not all(isinstance(s, CacheRows) and len(s.row_ids) == 1 for s in slots):
+        raise ValueError("generate_batch: every request's cache must be a one-row StaticCache slot, or all None")
+    cache = slots[0].cache
+    if any(s.cache is not cache for s in slots):
+        raise ValueError("generate_batch: the requests' slots must belong to one StaticCache")
+    rows = [s.row_ids[0] for s in slots]
+    if len(set(rows)) != len(rows):
+        raise ValueError(f"generate_batch: two requests share a cache row ({rows})")
+    for i, r in enumerate(requests):
+        if positions_needed(r) > cache.max_len:
+            raise ValueError(f"generate_batch: request {i} needs up to {positions_needed(r)} cache positions, "
+                             f"its cache holds {cache.max_len}")
+
+    states = [_Row(r, device) for r in requests]
+    for state, slot in zip(states, slots):  # prefill one by one: prompts differ in length
+        ids, emb = _prompt(model, state.request, embed, device)
+        # Reuse the cached prefix as far as the slot can go back; at least one position must run.
+        done = slot.restorable(min(slot.length, ids.shape[1] - 1))
+        slot.crop(done)
+        logits = model(ids[:, done:], None if emb is None else emb[:, done:], cache=slot, last_only=True)
+        if state.alive:
+            state.take(logits[0, -1])
+
+    while True:
+        live = [i for i, s in enumerate(states) if s.alive]
+        if not live:
+            break
+        step = torch.tensor([[states[i].token] for i in live], dtype=torch.long, device=device)
+        view = cache.rows([rows[i] for i in live])
+        logits = model(step, None if embed is None else embed(step), cache=view, last_only=True)
+        for j, i in enumerate(live):
+            states[i].take(logits[j, -1])
+    return [s.out for s in states]
+
+
+def generate_many(model, requests: Sequence[DecodeRequest],
+                  embed: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[list[int]]:
+    """Run mixed requests, batching what can be batched: slots of one StaticCache with room for the
+    request decode together; a KVCache request runs alone through `generate`; a slot too short for its
+    request runs alone on a temporary KVCache and is emptied (its old contents no longer describe a
+    prefix of the caller's next prompt); requests without a cache share a temporary StaticCache."""
+    out: list[list[int] | None] = [None] * len(requests)
+    groups: dict[int, list[int]] = {}
+    for i, r in enumerate(requests):
+        c = r.cache
+        if isinstance(c, CacheRows) and positions_needed(r) <= c.cache.max_len:
+            groups.setdefault(id(c.cache), []).append(i)
+        elif c is None:
+            groups.setdefault(0, []).append(i)
+        else:
+            if isinstance(c, CacheRows):
+                c.crop(0)
+                c = KVCache()
+            out[i] = generate(model, r.input_ids, inputs_embeds=r.inputs_embeds, max_new_tokens=r.max_new_tokens,
+                              stop_ids=r.stop_ids, forced_prefix_ids=r.forced_prefix_ids, cache=c,
+                              repetition_guard=r.repetition_guard, embed=embed, suppress_ids=r.suppress_ids)
+    for members in groups.values():
+        for i, tokens in zip(members, generate_batch(model, [requests[i] for i in members], embed)):
+            out[i] = tokens
+    return out
