@@ -124,6 +124,22 @@ class Checkpoint:
     def nbytes(self, names) -> int:
         return sum(self.entries[n].end - self.entries[n].start for n in names)
 
+    def release(self, name: str, first_row: int = 0, last_row: int | None = None) -> None:
+        """Give back the resident file pages of rows [first_row, last_row) of tensor `name` (all of it by
+        default) once they were converted or copied. The map is private and never written, so a page
+        touched again is simply re-read from the file; without this, everything read once stays charged to
+        the process for as long as the map is open (and it stays open while the PLE table views it)."""
+        entry = self.entries[name]
+        m = self.files[entry.file.name]._map
+        if m is None or not hasattr(mmap, "MADV_DONTNEED") or not entry.shape:
+            return
+        row = (entry.end - entry.start) // max(1, entry.shape[0])
+        start = entry.start + first_row * row
+        end = entry.end if last_row is None else entry.start + last_row * row
+        start -= start % mmap.PAGESIZE  # whole pages; a shared edge page is only re-read if touched again
+        if end > start:
+            m.madvise(mmap.MADV_DONTNEED, start, end - start)
+
     def close(self) -> None:
         """Unmap the files. Only when no tensor views them any more: a view of a closed map is invalid."""
         for f in self.files.values():
@@ -163,7 +179,10 @@ def load_module_weights(module: torch.nn.Module, checkpoint: Checkpoint, prefix:
         else:
             t = mapped.to(dtype) if mapped.is_floating_point() else mapped
             state[name] = t.to(device)
-        views += state[name] is mapped
+        if state[name] is mapped:
+            views += 1
+        else:
+            checkpoint.release(full)  # converted: the file pages are no longer needed
     unexpected = [n for n in checkpoint.entries
                   if n.startswith(prefix) and n[len(prefix):] not in expected and n not in ignore]
     if unexpected:

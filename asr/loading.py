@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
-import mmap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,33 +160,6 @@ def _held_bytes(module: torch.nn.Module, exclude: set[int] = frozenset()) -> int
     return total
 
 
-def _drop_pages(checkpoint: Checkpoint, names) -> None:
-    """Give back the file pages of tensors that were read once to be quantized. The map stays open (the PLE
-    table views it), and it is private and never written, so the kernel re-reads a page if it is touched
-    again; without this the float weights' pages would stay charged to the process after quantization.
-    (Reaches into the reader's map: asr.checkpoint has no API for it.)"""
-    for name in names:
-        entry = checkpoint.entries.get(name)
-        if entry is not None:
-            _drop_range(checkpoint, entry, entry.start, entry.end)
-
-
-def _drop_range(checkpoint: Checkpoint, entry, start: int, end: int) -> None:
-    m = getattr(checkpoint.files[entry.file.name], "_map", None)
-    if m is None or not hasattr(mmap, "MADV_DONTNEED"):
-        return
-    start -= start % mmap.PAGESIZE
-    if end > start:
-        m.madvise(mmap.MADV_DONTNEED, start, end - start)
-
-
-def _drop_rows(checkpoint: Checkpoint, name: str):
-    """For the embedding (1 GB of bf16 in E2B): give back its pages slice by slice as they are quantized."""
-    entry = checkpoint.entries[name]
-    row = (entry.end - entry.start) // entry.shape[0]
-    return lambda first, last: _drop_range(checkpoint, entry, entry.start + first * row, entry.start + last * row)
-
-
 def _trim_heap() -> None:
     """Hand freed float temporaries back to the OS. glibc keeps freed blocks below its (adaptive) mmap
     threshold in the heap: measured on a 69 M-parameter model, 87 MB of them outlived int8 quantization."""
@@ -210,7 +182,8 @@ def _load_text_quantized(lm, checkpoint: Checkpoint, device, dtype, ignore: set[
         prefix = f"{TEXT_PREFIX}layers.{i}."
         b, v = load_module_weights(layer, checkpoint, prefix, device, dtype, ignore=ignore)
         quantize_linears_(layer, mode)
-        _drop_pages(checkpoint, _quantized_names(layer, prefix))
+        for name in _quantized_names(layer, prefix):
+            checkpoint.release(name)
         _trim_heap()
         nbytes, views = nbytes + b, views + v
     layers = lm.layers
@@ -221,8 +194,10 @@ def _load_text_quantized(lm, checkpoint: Checkpoint, device, dtype, ignore: set[
                                    as_stored=host)
     finally:
         lm.layers = layers
-    quantize_text_model_(lm, mode, on_embedding_rows=_drop_rows(checkpoint, TEXT_PREFIX + "embed_tokens.weight"))
-    _drop_pages(checkpoint, _quantized_names(lm, TEXT_PREFIX))
+    embedding = TEXT_PREFIX + "embed_tokens.weight"  # 1 GB in E2B: its pages go back slice by slice
+    quantize_text_model_(lm, mode, on_embedding_rows=lambda first, last: checkpoint.release(embedding, first, last))
+    for name in _quantized_names(lm, TEXT_PREFIX):
+        checkpoint.release(name)
     _trim_heap()
     return nbytes + b, views + v
 
