@@ -111,6 +111,7 @@ def main(argv=None) -> int:
     p.add_argument("--prompt-len", type=int, default=None, help="prompt tokens (default: small 64, e2b 200)")
     p.add_argument("--new-tokens", type=int, default=16)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--reps", type=int, default=2, help="timed repetitions after one warm-up (best is kept)")
     p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
@@ -125,9 +126,10 @@ def main(argv=None) -> int:
         sessions = [int(s) for s in args.sessions.split(",")]
     except ValueError:
         p.error(f"--sessions: expected comma-separated integers, got {args.sessions!r}")
-    model = random_model(text_config(args.preset, layers), getattr(torch, args.dtype))
+    model = random_model(text_config(args.preset, layers), getattr(torch, args.dtype)).to(args.device)
     print(f"# batched decode, preset={args.preset} layers={layers} dtype={args.dtype} prompt={prompt_len} "
-          f"new={args.new_tokens} threads={torch.get_num_threads()} ({platform.processor() or platform.machine()})")
+          f"new={args.new_tokens} device={args.device} threads={torch.get_num_threads()} "
+          f"({platform.processor() or platform.machine()})")
     print("| sessions | sequential decode tok/s | batched decode tok/s | speedup | sequential total tok/s "
           "| batched total tok/s | same tokens |")
     print("|---:|---:|---:|---:|---:|---:|:---:|")

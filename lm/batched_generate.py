@@ -50,11 +50,12 @@ class _Row:
         self.alive = request.max_new_tokens > 0
         self.token = -1
 
-    def take(self, logits: torch.Tensor) -> None:
-        """logits [V] of the next position: pick greedily, then stop as `generate` would."""
-        if self.suppress.numel():
-            logits = logits.index_fill(-1, self.suppress, float("-inf"))
-        value = int(logits.argmax(-1))
+    def allowed(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits [V] with the suppressed ids at -inf."""
+        return logits.index_fill(-1, self.suppress, float("-inf")) if self.suppress.numel() else logits
+
+    def take(self, value: int) -> None:
+        """The greedy pick for the next position; stop as `generate` would."""
         if value in self.stops:
             self.alive = False
             return
@@ -130,7 +131,7 @@ def generate_batch(model, requests: Sequence[DecodeRequest],
         slot.crop(done)
         logits = model(ids[:, done:], None if emb is None else emb[:, done:], cache=slot, last_only=True)
         if state.alive:
-            state.take(logits[0, -1])
+            state.take(int(state.allowed(logits[0, -1]).argmax(-1)))
 
     while True:
         live = [i for i, s in enumerate(states) if s.alive]
@@ -139,8 +140,9 @@ def generate_batch(model, requests: Sequence[DecodeRequest],
         step = torch.tensor([[states[i].token] for i in live], dtype=torch.long, device=device)
         view = cache.rows([rows[i] for i in live])
         logits = model(step, None if embed is None else embed(step), cache=view, last_only=True)
-        for j, i in enumerate(live):
-            states[i].take(logits[j, -1])
+        picks = torch.stack([states[i].allowed(logits[j, -1]) for j, i in enumerate(live)]).argmax(-1)
+        for i, value in zip(live, picks.tolist()):  # one device sync per step
+            states[i].take(value)
     return [s.out for s in states]
 
 
