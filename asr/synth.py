@@ -82,6 +82,7 @@ class SynthOptions:
 
 
 # The held-out condition of issue 5: sentence-like texts read by the main voice at default settings, clean.
+HELDOUT_SEED = 1_000_003
 HELDOUT_OPTIONS = SynthOptions(sentence_share=1.0, default_voice_share=1.0, peak_db=None, noise_share=0.0,
                                pad_seconds=(0.2, 0.2))
 
@@ -337,7 +338,27 @@ def build_dataset(out_dir: str | Path, count: int, seed: int = 0, options: Synth
     return write_dataset(out, _specs(seed, count, options, exclude_texts), workers, progress)
 
 
-def build_heldout(out_dir: str | Path, per_language: int, seed: int = 1_000_003,
+def training_texts(count: int, seed: int = 0, options: SynthOptions = SynthOptions()) -> list[str]:
+    """The texts of `build_dataset(_, count, seed, options)`, without rendering any audio (a few seconds for
+    16,000): what a held-out set must exclude."""
+    return [spec.text for spec in _specs(seed, count, options, ())]
+
+
+def trained_texts(model_dir: str | Path) -> list[str]:
+    """The training texts of a model made by `asr train` (its config records the data's size and seed)."""
+    config_path = Path(model_dir) / "config.json"
+    try:
+        data = json.loads(config_path.read_text())["gemma3n_speech"]["trained"]["data"]
+        count, seed = int(data["utterances"]), int(data["seed"])
+    except FileNotFoundError:
+        raise ValueError(f"{config_path}: not found (expected a model directory made by `asr train`)") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise ValueError(f"{config_path}: no gemma3n_speech.trained.data record (utterances, seed); "
+                         "was this model trained by `asr train`?") from None
+    return training_texts(count, seed)
+
+
+def build_heldout(out_dir: str | Path, per_language: int, seed: int = HELDOUT_SEED,
                   languages: tuple[str, ...] = LANGUAGES, exclude_texts: Iterable[str] = (),
                   workers: int = 2) -> Path:
     """The held-out evaluation set: `per_language` sentences per language, main voice, default settings.
@@ -379,12 +400,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--count", type=int, default=1000, help="training examples (ignored with --heldout)")
     parser.add_argument("--heldout", type=int, default=0, metavar="K", help="held-out set, K per language")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="training draw; with --heldout, another held-out draw")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--exclude-model", type=Path, metavar="DIR",
+                        help="with --heldout: leave out every text the model in DIR was trained on "
+                             "(read from its config; for the bundled model: asr/assets/model)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     if args.heldout:
-        manifest = build_heldout(args.out, args.heldout, workers=args.workers)
+        try:
+            exclude = trained_texts(args.exclude_model) if args.exclude_model else ()
+        except ValueError as e:
+            parser.error(str(e))
+        # --seed picks another held-out draw (0: the one `asr train` checks during training).
+        manifest = build_heldout(args.out, args.heldout, seed=HELDOUT_SEED + args.seed, workers=args.workers,
+                                 exclude_texts=exclude)
     else:
         manifest = build_dataset(args.out, args.count, args.seed, workers=args.workers, progress=True)
     records = read_manifest(manifest)

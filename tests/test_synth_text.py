@@ -56,3 +56,31 @@ def test_heldout_options_use_the_main_voice_at_default_settings():
         spec = example_spec(5, index, HELDOUT_OPTIONS)
         assert spec.voice == VOICES[spec.language][0]
         assert (spec.speed, spec.pitch, spec.snr_db, spec.peak_db) == (175, 50, None, None)
+
+
+def test_heldout_excludes_the_texts_a_model_was_trained_on(tmp_path):
+    import json
+
+    from asr.synth import build_dataset, main, read_manifest, trained_texts, training_texts
+
+    train = build_dataset(tmp_path / "train", 12, seed=3)
+    assert training_texts(12, seed=3) == [r["text"] for r in read_manifest(train)]
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"gemma3n_speech": {"trained": {"data": {"utterances": 400,
+                                                                                          "seed": 3}}}}))
+    assert trained_texts(model) == training_texts(400, seed=3)
+    main([str(tmp_path / "heldout"), "--heldout", "3", "--exclude-model", str(model)])
+    heldout = {r["text"] for r in read_manifest(tmp_path / "heldout" / "manifest.jsonl")}
+    assert len(heldout) == 15 and not heldout & set(training_texts(400, seed=3))
+
+
+def test_exclude_model_without_a_training_record_is_a_clear_error(tmp_path, capsys):
+    import pytest
+
+    from asr.synth import main
+
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "out"), "--heldout", "1", "--exclude-model", str(tmp_path)])
+    assert "no gemma3n_speech.trained.data record" in capsys.readouterr().err
