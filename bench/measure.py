@@ -1,9 +1,12 @@
-"""One implementation, one dtype, in its own process: load, encode 30 s of audio, prefill the 188-slot audio
-prompt, decode greedily with the KV cache; timings and peak RSS as JSON.
+"""One implementation, one dtype, in its own process: load, encode 30 s of audio (offline; ours also
+incrementally), prefill the 188-slot audio prompt, decode greedily with the KV cache; timings, peak RSS and
+the bytes one decode step reads as JSON.
 
 Run by bench/model_bench.py as a subprocess, so that peak RSS (ru_maxrss) belongs to one implementation only.
-Both implementations get the same work: the same waveform, the same 204-token prompt, the same number of
+Every implementation gets the same work: the same waveform, the same 204-token prompt, the same number of
 single-token decode steps, each step a forward over the cache plus an argmax (the loop `generate` runs).
+"ours" takes --quantize int8|int4 (`asr.load_model(..., quantize=)`: weight-only text decoder, activations
+in --dtype).
 """
 from __future__ import annotations
 
@@ -65,10 +68,10 @@ def prompt_ids(config: dict, text_vocab: int, seed: int = 0) -> torch.Tensor:
 class Ours:
     """asr.load_model and our SpeechModel / TextModel / KVCache."""
 
-    def __init__(self, directory: Path, dtype: torch.dtype):
+    def __init__(self, directory: Path, dtype: torch.dtype, quantize: str | None = None):
         import asr
 
-        self.model = asr.load_model(directory, device="cpu", dtype=dtype)
+        self.model = asr.load_model(directory, device="cpu", dtype=dtype, quantize=quantize)
         self.lm = self.model.language_model
 
     def features(self, wave: np.ndarray):
@@ -100,6 +103,26 @@ class Ours:
     def step(self, token, cache):
         with torch.inference_mode():
             return self.lm(token, cache=cache, last_only=True), cache
+
+    def incremental(self, wave: np.ndarray, chunk: int) -> tuple[torch.Tensor, list[float]]:
+        """The live path: `model.audio_stream()` fed `chunk` samples per push (features and encoder run
+        inside the push), each push's new tokens projected by the embedder, then flush. Returns all the
+        embedded tokens and the seconds of each push (flush included as the last)."""
+        model = self.model
+        parts, times = [], []
+        with torch.inference_mode():
+            stream = model.audio_stream()
+            pieces = [wave[s:s + chunk] for s in range(0, len(wave), chunk)]
+            for piece in [*pieces, None]:
+                t = time.perf_counter()
+                tokens = stream.push(piece) if piece is not None else stream.flush()
+                if tokens.shape[0]:
+                    parts.append(model.embed_audio.embed_soft(tokens))
+                times.append(time.perf_counter() - t)
+        return torch.cat(parts), times
+
+    def text_model(self):
+        return self.lm
 
 
 class Reference:
@@ -158,57 +181,105 @@ class Reference:
             out = self.model(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1)
             return out.logits, out.past_key_values
 
+    def text_model(self):
+        return self.model.model.language_model
 
-def decode(impl, logits, cache, steps: int) -> tuple[list[float], list[int]]:
+
+def decode(impl, logits, cache, steps: int) -> tuple[list[float], list[int], list[float]]:
     """Greedy: the first step is a warm-up (not timed); returns the seconds of each of the next `steps` steps
-    (argmax included) and all ids."""
-    token = logits[:, -1].argmax(-1, keepdim=True)
-    ids = [int(token)]
+    (argmax included), all ids, and each id's margin over the runner-up logit (where two implementations'
+    tokens part, a small margin says rounding, not a bug; computed outside the timed part)."""
+    ids, margins = [], []
+
+    def note(logits, token):
+        top = logits[0, -1].float().topk(2).values
+        ids.append(int(token))
+        margins.append(float(top[0] - top[1]))
+
+    token = logits[:, -1].argmax(-1, keepdim=True)  # argmax, as generate does (its tie-breaking)
+    note(logits, token)
     logits, cache = impl.step(token, cache)
     times = []
     for _ in range(steps):
         t = time.perf_counter()
         token = logits[:, -1].argmax(-1, keepdim=True)
-        ids.append(int(token))
+        previous = logits
         logits, cache = impl.step(token, cache)
         times.append(time.perf_counter() - t)
-    ids.append(int(logits[:, -1].argmax(-1)))
-    return times, ids
+        note(previous, token)
+    note(logits, logits[:, -1].argmax(-1))
+    return times, ids, margins
 
 
-def run(impl_name: str, directory: Path, dtype: torch.dtype, reps: int, decode_steps: int, threads: int) -> dict:
+def run(impl_name: str, directory: Path, dtype: torch.dtype, reps: int, decode_steps: int, threads: int,
+        quantize: str | None = None, chunk_ms: int = 160) -> dict:
+    from bandwidth import decode_read_bytes, kv_read_bytes
+
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     config = json.loads((directory / "config.json").read_text())
-    res: dict = {"impl": impl_name, "dtype": str(dtype).removeprefix("torch."), "threads": threads,
-                 "loadavg_start": os.getloadavg()[0]}
+    res: dict = {"impl": impl_name, "dtype": str(dtype).removeprefix("torch."), "quantize": quantize,
+                 "threads": threads, "loadavg_start": os.getloadavg()[0]}
     t = time.perf_counter()
     if impl_name == "reference":
         import transformers  # noqa: F401  (import time reported apart from load time)
+    else:
+        import asr  # noqa: F401
     res["import_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    impl = Ours(directory, dtype) if impl_name == "ours" else Reference(directory, dtype)
+    impl = Ours(directory, dtype, quantize) if impl_name == "ours" else Reference(directory, dtype)
     res["load_s"] = time.perf_counter() - t
     res["rss_after_load_mb"] = rss_now_mb()
     res["rss_anon_after_load_mb"] = rss_now_mb("RssAnon")
     res["rss_file_after_load_mb"] = rss_now_mb("RssFile")
+    res["peak_rss_load_mb"] = peak_rss_mb()
+    if impl_name == "ours":
+        res["load_report"] = impl.model.load_report.lines()
+    res["decode_weight_bytes"] = decode_read_bytes(impl.text_model())
 
-    wave = (np.random.default_rng(0).standard_normal(30 * SAMPLE_RATE) * 0.1).astype(np.float32)
+    seconds = 30
+    wave = (np.random.default_rng(0).standard_normal(seconds * SAMPLE_RATE) * 0.1).astype(np.float32)
+    res["audio_s"] = seconds
     res["features_s"], _, (feats, mask) = timed(lambda: impl.features(wave), reps)
     res["feature_frames"] = int(feats.shape[1])
-    res["encoder_s"], res["encoder_all_s"], _ = timed(lambda: impl.encode(feats, mask), reps)
+    res["encoder_s"], res["encoder_all_s"], (soft, valid) = timed(lambda: impl.encode(feats, mask), reps)
+    res["offline_ms_per_audio_s"] = 1000 * (res["features_s"] + res["encoder_s"]) / seconds
+    if impl_name == "ours":
+        chunk = SAMPLE_RATE * chunk_ms // 1000
+        impl.incremental(wave[:2 * SAMPLE_RATE], chunk)  # warm-up on 2 s
+        best, push_times = float("inf"), []
+        for _ in range(reps):
+            t = time.perf_counter()
+            streamed, times = impl.incremental(wave, chunk)
+            if time.perf_counter() - t < best:
+                best, push_times = time.perf_counter() - t, times
+        res["incremental_chunk_ms"] = chunk_ms
+        res["incremental_s"] = best
+        res["incremental_ms_per_audio_s"] = 1000 * best / seconds
+        res["incremental_push_all_s"] = push_times
+        res["incremental_push_max_s"] = max(push_times)
+        # The stream must give the offline tokens (exact in float32; bf16 rounds in other places).
+        offline = soft[0][valid[0]]
+        res["incremental_tokens"] = [int(streamed.shape[0]), int(offline.shape[0])]
+        if streamed.shape == offline.shape:
+            res["incremental_max_abs_diff"] = float((streamed.float() - offline.float()).abs().max())
     ids = prompt_ids(config, config["text_config"]["vocab_size_per_layer_input"])
     res["prompt_tokens"] = int(ids.shape[1])
     embeds = impl.merged(ids, feats, mask)
     res["prefill_text_s"], res["prefill_text_all_s"], _ = timed(lambda: impl.prefill_embeds(ids, embeds), reps)
     res["prefill_audio_s"], res["prefill_audio_all_s"], (logits, cache) = timed(
         lambda: impl.prefill(ids, feats, mask), reps)
-    steps, tokens = decode(impl, logits, cache, decode_steps)
+    steps, tokens, margins = decode(impl, logits, cache, decode_steps)
     res["decode_steps"] = decode_steps
     res["decode_step_all_s"] = steps
     res["decode_tok_s"] = 1 / statistics.median(steps)  # median step: robust to other jobs' bursts
     res["decode_mean_tok_s"] = decode_steps / sum(steps)
+    # The KV cache read by the middle timed step (the prompt, the first token, then half the timed steps).
+    res["decode_context"] = res["prompt_tokens"] + 1 + decode_steps // 2
+    res["decode_kv_bytes"] = kv_read_bytes(config["text_config"], res["decode_context"], dtype.itemsize)
+    res["decode_bytes"] = res["decode_weight_bytes"]["total"] + res["decode_kv_bytes"]
     res["tokens"] = tokens
+    res["token_margins"] = margins
     res["peak_rss_mb"] = peak_rss_mb()
     res["rss_anon_end_mb"] = rss_now_mb("RssAnon")
     res["rss_file_end_mb"] = rss_now_mb("RssFile")
@@ -220,13 +291,18 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("impl", choices=["ours", "reference"])
     p.add_argument("checkpoint", type=Path)
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--decode-steps", type=int, default=16)
+    p.add_argument("--quantize", choices=["int8", "int4"], default=None, help="ours only: weight-only text decoder")
+    p.add_argument("--decode-steps", type=int, default=32)
+    p.add_argument("--chunk-ms", type=int, default=160, help="ours: incremental encoding, audio per push")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
-    res = run(a.impl, a.checkpoint, getattr(torch, a.dtype), a.reps, a.decode_steps, a.threads)
+    if a.quantize and a.impl != "ours":
+        raise SystemExit("--quantize applies to ours only (the reference has no quantized loading)")
+    res = run(a.impl, a.checkpoint, getattr(torch, a.dtype), a.reps, a.decode_steps, a.threads, a.quantize,
+              a.chunk_ms)
     a.out.write_text(json.dumps(res, indent=2) + "\n")
 
 
