@@ -294,6 +294,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=o.steps)
     parser.add_argument("--batch-size", type=int, default=o.batch_size)
     parser.add_argument("--lr", type=float, default=o.lr)
+    parser.add_argument("--vocab-size", type=int, default=o.vocab_size, help="SentencePiece vocabulary to train")
+    parser.add_argument("--ctc-weight", type=float, default=o.ctc_weight, help="weight of the auxiliary CTC loss")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last save")
     parser.add_argument("--seed", type=int, default=o.seed)
@@ -327,6 +329,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     keep_freed_memory()
     options = TrainOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                           vocab_size=args.vocab_size, ctc_weight=args.ctc_weight,
                            eval_every=args.eval_every, checkpoint_minutes=args.checkpoint_minutes)
     data = DataOptions(count=args.utterances, seed=args.seed)
     if args.resume and (args.out / STATE_FILE).exists():
