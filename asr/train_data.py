@@ -7,6 +7,7 @@ exactly the batches it would have seen, with no sampler state to save.
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +116,22 @@ def batch_indices(lengths: list[int], batch_size: int, seed: int, step: int) -> 
         raise ValueError(f"{len(lengths)} training utterances do not fill one batch of {batch_size}")
     epoch, k = divmod(step, per_epoch)
     return _epoch_batches(lengths, batch_size, seed, epoch)[k]
+
+
+def curriculum_batch(lengths: list[int], batch_size: int, seed: int, step: int, steps: int) -> list[int]:
+    """A batch drawn from the shortest utterances: the shortest 10% at step 0, growing linearly to all of
+    them at `steps`. A pure function of (seed, step), like `batch_indices`."""
+    order = _by_length(tuple(lengths))
+    share = 0.1 + 0.9 * min(1.0, step / max(1, steps))
+    pool = max(batch_size, int(len(order) * share))
+    rng = np.random.default_rng([seed, step, 2])
+    picked = rng.choice(pool, size=min(batch_size, pool), replace=False)
+    return sorted((int(order[i]) for i in picked), key=lambda i: lengths[i])
+
+
+@functools.lru_cache(maxsize=2)
+def _by_length(lengths: tuple[int, ...]) -> np.ndarray:
+    return np.argsort(np.asarray(lengths), kind="stable")
 
 
 _EPOCH_CACHE: dict = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -87,3 +88,14 @@ def test_batches_depend_only_on_seed_and_step():
     assert a == b
     epoch = [i for s in range(25) for i in a[s]]
     assert len(set(epoch)) == len(epoch) == 200, "one epoch visits every utterance once"
+
+
+def test_curriculum_batches_start_short_and_reach_every_length():
+    from asr.train_data import curriculum_batch
+
+    lengths = [int(x) for x in np.random.default_rng(0).integers(50, 1000, size=2000)]
+    first = curriculum_batch(lengths, 16, seed=0, step=0, steps=1000)
+    assert first == curriculum_batch(lengths, 16, seed=0, step=0, steps=1000)  # a function of (seed, step)
+    assert max(lengths[i] for i in first) <= sorted(lengths)[len(lengths) // 10]
+    late = {i for s in range(990, 1000) for i in curriculum_batch(lengths, 16, seed=0, step=s, steps=1000)}
+    assert max(lengths[i] for i in late) > sorted(lengths)[len(lengths) // 2]
