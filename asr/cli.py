@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 
 
 class UserError(Exception):
     """A mistake in the command line or its inputs: reported in one line, exit status 2."""
+
+
+def add_submodel_option(p: argparse.ArgumentParser) -> None:
+    from lm.submodel import SPEC_HELP
+
+    p.add_argument("--submodel", metavar="NAME|ffn=..;skip=..", help=SPEC_HELP)
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -51,6 +58,7 @@ def _add_transcribe(sub) -> None:
         p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
         p.add_argument("--top-k", type=int, default=0)
         p.add_argument("--top-p", type=float, default=1.0)
+        add_submodel_option(p)
         p.set_defaults(func=run_transcribe)
 
 
@@ -72,6 +80,7 @@ def run_transcribe(args) -> int:
     from audio_encoder.audio import AudioLoadError, load_audio
     from lm.sampling import SamplingOptions
 
+    from .loading import submodel_for_command
     from .model import DecodeOptions
     from .writers import output_path, write_result
 
@@ -82,6 +91,11 @@ def run_transcribe(args) -> int:
     except ValueError as e:
         raise UserError(str(e)) from None
     model = load_for_cli(args)
+    try:
+        submodel = submodel_for_command(model, args.submodel)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    options = replace(options, submodel=submodel)
     if args.command == "translate":
         try:
             model.check_task("translate")
@@ -103,6 +117,8 @@ def run_transcribe(args) -> int:
             meta = {"source": str(name), "task": args.command, "model": model.source,
                     "language": getattr(args, "language", None) or getattr(args, "source_language", None),
                     "target_language": getattr(args, "target_language", None)}
+            if submodel is not None:
+                meta["submodel"] = str(submodel)
             for fmt in formats:
                 write_result(result, output_path(name, out_dir, fmt), fmt, metadata=meta)
         except (AudioLoadError, ValueError, OSError) as e:

@@ -36,7 +36,27 @@ def describe(model) -> str:
         f"total parameters: {_count(model):,} (vision tower not loaded)",
         f"tokenizer:  {'present' if model.tokenizer is not None else 'missing (loading only; cannot transcribe)'}",
     ]
+    lines.append(_submodels(text))
     report = getattr(model, "load_report", None)
     if report is not None:
         lines += report.lines()
     return "\n".join(lines)
+
+
+def _submodels(text) -> str:
+    """The MatFormer sub-models this decoder can serve on its own weights (--submodel)."""
+    from lm.submodel import FULL, fitting_presets, plan, reserved_layers
+
+    full = plan(text, None, ()).decoder_parameters(text)
+    parts = []
+    for sub in fitting_presets(text):
+        widths = sorted(set(sub.ffn))
+        ffn = widths[0] if len(widths) == 1 else f"{widths[0]}-{widths[-1]}"
+        same = (" = full" if sub.is_full(text)
+                else f", {100 * sub.decoder_parameters(text) / full:.0f} % of the layers' weights")
+        parts.append(f"{sub.name} ({len(sub.kept)} layers, FFN {ffn}{same})")
+    reserved = reserved_layers(text)
+    rule = f"; layers {', '.join(map(str, reserved))} cannot be skipped (KV producers)" if reserved else ""
+    listed = ", ".join(parts) if parts else f"no preset fits this {text.num_hidden_layers}-layer decoder"
+    return (f"sub-models: {listed}; --submodel {FULL} or 'ffn=W[,W...];skip=L[,L...]' for any other "
+            f"(elastic: same weights){rule}")

@@ -293,3 +293,11 @@ def load_model_for_command(directory: str | Path | None, device: str = "cpu", dt
     except (ValueError, RuntimeError, OSError) as e:
         message = str(e) if str(directory) in str(e) else f"{directory}: {e}"
         raise ValueError(f"cannot load the model: {message}") from None
+
+
+def submodel_for_command(model: SpeechModel, spec: str | None):
+    """--submodel resolved against the loaded model (None: the whole model); ValueError in one line."""
+    try:
+        return model.submodel(spec)
+    except ValueError as e:
+        raise ValueError(f"--submodel: {e}") from None

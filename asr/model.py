@@ -6,7 +6,7 @@ beyond what `asr.loading` hands it; long files are cut into windows by `asr.long
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,8 @@ from lm.generate import generate
 from lm.model import TextModel
 from lm.prompt import Prompt, PromptTokens, build_prompt, instruction, split_translation
 from lm.sampling import SamplingOptions
+from lm.submodel import SubModel, fitting_presets
+from lm.submodel import parse as parse_submodel
 
 from .config import SpeechConfig
 
@@ -44,6 +46,9 @@ class DecodeOptions:
     # None: the layout the model was trained with (config.json metadata), else "padded".
     audio_layout: str | None = None
     repetition_guard: bool = True
+    # MatFormer sub-model to decode with, run on the loaded weights (lm.submodel): a preset name ("E2B"),
+    # "full", "ffn=W[,W...];skip=L[,L...]", or a SubModel. None: the whole model.
+    submodel: SubModel | str | None = None
 
     def __post_init__(self):
         if self.audio_layout not in (None, "padded", "compact"):
@@ -198,10 +203,25 @@ class SpeechModel(nn.Module):
 
     @torch.inference_mode()
     def logits(self, input_ids: torch.Tensor, input_features: torch.Tensor | None = None,
-               input_features_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The same tensor as the reference Gemma3nForConditionalGeneration(...).logits (mask True = valid)."""
+               input_features_mask: torch.Tensor | None = None,
+               submodel: SubModel | str | None = None) -> torch.Tensor:
+        """The same tensor as the reference Gemma3nForConditionalGeneration(...).logits (mask True = valid).
+        submodel: a MatFormer sub-model of the decoder (DecodeOptions.submodel): the sliced checkpoint's logits."""
         emb = self.merged_embeddings(input_ids, input_features, input_features_mask)
-        return self.language_model(input_ids.to(self.device), inputs_embeds=emb)
+        return self.language_model(input_ids.to(self.device), inputs_embeds=emb, submodel=submodel)
+
+    # ---- MatFormer sub-models ---------------------------------------------------------------------------
+    def submodel(self, spec: SubModel | str | None) -> SubModel | None:
+        """The decoder sub-model `spec` names (lm.submodel), checked against this model; None = the whole
+        model. Raises SubModelError (a ValueError) with a one-line message for anything else."""
+        if spec is None:
+            return None
+        sub = parse_submodel(spec, self.config.text)
+        return None if sub.is_full(self.config.text) else sub
+
+    def submodels(self) -> list[SubModel]:
+        """The published sub-models (lm.submodel.PRESETS) that fit this decoder, largest first."""
+        return fitting_presets(self.config.text)
 
     # ---- prompts and decoding -----------------------------------------------------------------------
     def prompt_tokens(self) -> PromptTokens:
@@ -247,7 +267,7 @@ class SpeechModel(nn.Module):
         new = generate(self.language_model, ids, inputs_embeds=emb, max_new_tokens=options.max_new_tokens,
                        stop_ids=self.stop_ids, sampling=options.sampling, forced_prefix_ids=forced or None,
                        repetition_guard=options.repetition_guard, embed=self.embed_ids,
-                       suppress_ids=self.non_text_ids())
+                       suppress_ids=self.non_text_ids(), submodel=self.submodel(options.submodel))
         return forced_prefix + tok.decode(new)
 
     def transcribe_window(self, waveform, task: str = "transcribe", language: str | None = None,
@@ -257,32 +277,39 @@ class SpeechModel(nn.Module):
         audio = self.audio_embeddings(waveform)
         if task == "translate":
             request = instruction("translate", source_language or language, target_language)
-            budget = DecodeOptions(max_new_tokens=2 * options.max_new_tokens, sampling=options.sampling,
-                                   audio_layout=options.audio_layout, repetition_guard=options.repetition_guard)
+            budget = replace(options, max_new_tokens=2 * options.max_new_tokens)
             transcript, translation = split_translation(self.answer(audio, request, budget))
             return WindowText(transcript, translation)
         return WindowText(self.answer(audio, instruction("transcribe", language), options).strip())
 
     def transcribe(self, audio: str | Path | np.ndarray, language: str | None = None,
-                   options: DecodeOptions = DecodeOptions(), progress=None):
-        """A file path or 16 kHz mono waveform of any length -> Transcription (text, segments)."""
+                   options: DecodeOptions = DecodeOptions(), progress=None, submodel: SubModel | str | None = None):
+        """A file path or 16 kHz mono waveform of any length -> Transcription (text, segments).
+        submodel: decode with this MatFormer sub-model of the loaded decoder (overrides options.submodel)."""
         from .longform import transcribe_long
 
         self.require_audio()
         self.require_tokenizer()
+        options = self._with_submodel(options, submodel)
         return transcribe_long(self, _waveform(audio), task="transcribe", language=language,
                                options=options, progress=progress)
 
     def translate(self, audio: str | Path | np.ndarray, target_language: str, source_language: str | None = None,
-                  options: DecodeOptions = DecodeOptions(), progress=None):
+                  options: DecodeOptions = DecodeOptions(), progress=None, submodel: SubModel | str | None = None):
         """Transcribe in the source language, then translate into `target_language` (chain of thought)."""
         from .longform import transcribe_long
 
         self.check_task("translate")
         self.require_audio()
         self.require_tokenizer()
+        options = self._with_submodel(options, submodel)
         return transcribe_long(self, _waveform(audio), task="translate", target_language=target_language,
                                source_language=source_language, options=options, progress=progress)
+
+    def _with_submodel(self, options: DecodeOptions, submodel) -> DecodeOptions:
+        """options with `submodel` (if given), checked once before any audio is decoded."""
+        options = options if submodel is None else replace(options, submodel=submodel)
+        return replace(options, submodel=self.submodel(options.submodel))
 
 
 def _waveform(audio) -> np.ndarray:

@@ -24,6 +24,9 @@ The KV producers (the last non-shared layer of each attention type, E4B's 18 and
 "reserved" layers) cannot be skipped: the shared layers read their keys and values. (Without KV sharing
 nothing is reserved; the notebook's formula would still name the last two layers.)
 
+The request's checks and the sliced config are `lm.submodel`'s (SubModel): the decoder runs the same
+sub-model on the full weights without writing anything (elastic execution, `--submodel`).
+
 The source is read through `asr.checkpoint` (memory-mapped views) and written by `asr.shard_writer` in row
 blocks of 64 MB, so memory stays at a few blocks whatever the checkpoint's size (E4B: 15.7 GB); source
 ranges already written are released from our mapping as we go.
@@ -45,6 +48,10 @@ from typing import Callable, Iterator
 import torch
 
 from lm.config import ConfigError, TextConfig
+# PRESETS, Preset and reserved_layers lived here before lm.submodel; they are still importable from here.
+from lm.submodel import (PRESETS, Preset, SubModel, SubModelError, from_preset, parse_int_list,  # noqa: F401
+                         reserved_layers)
+from lm.submodel import plan as plan_submodel
 
 from .checkpoint import INDEX_FILE, Checkpoint, CheckpointError
 from .config import CONFIG_FILE, METADATA_KEY, SpeechConfig
@@ -57,28 +64,8 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h
 _LAYER = re.compile(r"\.layers\.(\d+)\.")  # the notebook's pattern; only the language model has `.layers.N.`
 
 
-class SliceError(ValueError):
+class SliceError(SubModelError):
     """A slicing request that cannot be carried out; the message names the value and what was expected."""
-
-
-@dataclass(frozen=True)
-class Preset:
-    name: str
-    description: str
-    ffn: int  # the same FFN width for every kept layer
-    skip_layers: tuple[int, ...]
-    source_layers: int  # the checkpoint it applies to (E4B: 35 layers)
-
-
-# Only configurations whose numbers are published in full. The notebook's dataset
-# (google/gemma3n-slicing-configs) also has layer- and block-level E1.96B ... E3.79B configurations, but
-# their per-layer FFN lists are not in our reference notes; use --ffn and --skip-layers for those.
-PRESETS = {
-    "E2B": Preset("E2B", "the official E2B inside E4B: FFN 8192 for all 30 layers, layers 20-24 skipped "
-                  "(1.91 B effective parameters, MMLU PT 50.9 %)", 8192, (20, 21, 22, 23, 24), 35),
-    "E4B": Preset("E4B", "E4B itself: FFN 16384 for all 35 layers, nothing skipped (a re-sharded copy; "
-                  "3.98 B effective, MMLU PT 62.3 %)", 16384, (), 35),
-}
 
 
 @dataclass(frozen=True)
@@ -91,71 +78,38 @@ class SlicePlan:
     def renumber(self) -> dict[int, int]:
         return {old: new for new, old in enumerate(self.kept)}
 
+    @property
+    def submodel(self) -> SubModel:
+        return SubModel(self.kept, self.ffn, self.source.num_hidden_layers)
+
 
 # ---- config ------------------------------------------------------------------------------------------
 
-def reserved_layers(text: TextConfig) -> tuple[int, ...]:
-    """Layers whose keys/values the KV-shared layers read; skipping one would leave them without K/V."""
-    if text.num_kv_shared_layers == 0:
-        return ()
-    return tuple(sorted(text.kv_producers.values()))
-
-
 def plan_slice(config: dict, ffn: list[int] | tuple[int, ...] | int | None, skip_layers,
                source: str = CONFIG_FILE) -> SlicePlan:
-    """Check a request against a config.json object and resolve it into kept layers and FFN widths."""
+    """Check a request against a config.json object and resolve it into kept layers and FFN widths
+    (the checks are lm.submodel's, shared with elastic execution)."""
     if not isinstance(config.get("text_config"), dict):
         raise SliceError(f"{source}: no 'text_config' object; expected a Gemma 3n (model_type gemma3n) config")
     try:
         text = TextConfig.from_dict(config["text_config"], source)
-    except ConfigError as e:
+        sub = plan_submodel(text, ffn, skip_layers, ffn_label="--ffn", model_label="sliced model")
+    except (ConfigError, SubModelError) as e:
         raise SliceError(str(e)) from None
-    n = text.num_hidden_layers
-    skip = list(skip_layers or ())
-    for i in skip:
-        if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < n:
-            raise SliceError(f"skip layer {i!r} is out of range: the source has layers 0-{n - 1}")
-    if len(set(skip)) != len(skip):
-        dup = next(i for i in skip if skip.count(i) > 1)
-        raise SliceError(f"skip layer {dup} is listed twice")
-    reserved = [i for i in reserved_layers(text) if i in skip]
-    if reserved:
-        raise SliceError(f"layer {reserved[0]} cannot be skipped: layers {list(reserved_layers(text))} are reserved "
-                         f"(the KV-shared layers {text.first_kv_shared_layer}-{n - 1} read their keys and values)")
-    kept = tuple(i for i in range(n) if i not in skip)
-    if not kept:
-        raise SliceError(f"skipping all {n} layers leaves no model")
-    full = tuple(text.intermediate_size[i] for i in kept)
-    if ffn is None:
-        widths = full
-    elif isinstance(ffn, int) and not isinstance(ffn, bool):
-        widths = (ffn,) * len(kept)
-    else:
-        widths = tuple(ffn)
-        if len(widths) != len(kept):
-            raise SliceError(f"--ffn has {len(widths)} values but the sliced model has {len(kept)} layers "
-                             f"({n} - {len(skip)} skipped); give one per kept layer or a single number")
-    for j, (w, old) in enumerate(zip(widths, kept)):
-        if not isinstance(w, int) or isinstance(w, bool) or w < 1:
-            raise SliceError(f"FFN width {w!r} for new layer {j} must be a positive integer")
-        if w > full[j]:
-            raise SliceError(f"FFN width {w} for new layer {j} (source layer {old}) is larger than the source's "
-                             f"intermediate size {full[j]}; MatFormer slicing can only shrink")
-    return SlicePlan(kept, widths, text)
+    return SlicePlan(sub.kept, sub.ffn, text)
 
 
 def slice_config(config: dict, plan: SlicePlan) -> dict:
     """The sliced config.json object: the source's, with the per-layer fields rewritten."""
     text = plan.source
+    sliced = plan.submodel.sliced_config(text)
     out = copy.deepcopy(config)
     tc = out["text_config"]
-    shared_skipped = sum(1 for i in range(text.num_hidden_layers)
-                         if i not in plan.kept and i >= text.first_kv_shared_layer)
-    tc["num_hidden_layers"] = len(plan.kept)
-    tc["intermediate_size"] = list(plan.ffn)
-    tc["num_kv_shared_layers"] = text.num_kv_shared_layers - shared_skipped
-    tc["activation_sparsity_pattern"] = [text.activation_sparsity_pattern[i] for i in plan.kept]
-    tc["layer_types"] = [text.layer_types[i] for i in plan.kept]
+    tc["num_hidden_layers"] = sliced.num_hidden_layers
+    tc["intermediate_size"] = list(sliced.intermediate_size)
+    tc["num_kv_shared_layers"] = sliced.num_kv_shared_layers
+    tc["activation_sparsity_pattern"] = list(sliced.activation_sparsity_pattern)
+    tc["layer_types"] = list(sliced.layer_types)
     meta = out.get(METADATA_KEY)
     meta = dict(meta) if isinstance(meta, dict) else {}
     skipped = [i for i in range(text.num_hidden_layers) if i not in plan.kept]
@@ -332,20 +286,10 @@ def slice_checkpoint(src_dir: str | Path, out_dir: str | Path, ffn: list[int] | 
 
 def _int_list(option: str, value: str) -> list[int]:
     """'20,21,22' or ranges '20-24'."""
-    items: list[int] = []
-    for part in (p.strip() for p in value.split(",")):
-        try:
-            if re.fullmatch(r"\d+-\d+", part):
-                a, b = (int(x) for x in part.split("-"))
-                if b < a:
-                    raise ValueError
-                items += range(a, b + 1)
-            else:
-                items.append(int(part.replace("_", "")))
-        except ValueError:
-            raise SliceError(f"{option} {value!r}: expected integers separated by commas (ranges like 20-24 "
-                             f"allowed), found {part!r}") from None
-    return items
+    try:
+        return parse_int_list(option, value)
+    except SubModelError as e:
+        raise SliceError(str(e)) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -364,14 +308,12 @@ def _request(args: argparse.Namespace) -> tuple[int | list[int] | None, list[int
     if args.preset is not None:
         if args.ffn is not None or args.skip_layers is not None:
             raise SliceError("--preset cannot be combined with --ffn or --skip-layers")
-        preset = PRESETS.get(args.preset)
-        if preset is None:
-            raise SliceError(f"unknown preset {args.preset!r}; expected one of {', '.join(PRESETS)}")
-        layers = plan_slice(_read_config(args.model), None, ()).source.num_hidden_layers
-        if layers != preset.source_layers:
-            raise SliceError(f"preset {preset.name} applies to a {preset.source_layers}-layer E4B checkpoint; "
-                             f"{args.model} has {layers} layers")
-        return preset.ffn, list(preset.skip_layers)
+        text = plan_slice(_read_config(args.model), None, ()).source
+        try:
+            sub = from_preset(args.preset, text, str(args.model))
+        except SubModelError as e:
+            raise SliceError(str(e)) from None
+        return list(sub.ffn), sorted(sub.skip)
     if args.ffn is None and args.skip_layers is None:
         raise SliceError("nothing to slice: give --preset, --ffn and/or --skip-layers (see --list-presets)")
     ffn = None

@@ -34,16 +34,18 @@ class Outcome:
     final_lags: list[float] = field(default_factory=list)
 
 
-def run_offline(model, utt: Utterance, waveform, task: str) -> Outcome:
+def run_offline(model, utt: Utterance, waveform, task: str, submodel=None) -> Outcome:
     """Batch transcription through the asr model API (`transcribe`/`translate` -> object with .text,
-    .translation, .segments)."""
+    .translation, .segments). submodel: a MatFormer sub-model of the model's decoder (asr --submodel)."""
+    extra = {} if submodel is None else {"submodel": submodel}
     if task == "translate":
-        result = model.translate(waveform, target_language=utt.target_language, source_language=utt.language)
+        result = model.translate(waveform, target_language=utt.target_language, source_language=utt.language,
+                                 **extra)
         return Outcome(result.text, result.translation)
-    return Outcome(model.transcribe(waveform, language=utt.language).text)
+    return Outcome(model.transcribe(waveform, language=utt.language, **extra).text)
 
 
-def run_streaming(model, utt: Utterance, waveform, task: str) -> Outcome:
+def run_streaming(model, utt: Utterance, waveform, task: str, submodel=None) -> Outcome:
     """Replay `waveform` through a live streaming session on a simulated real-time clock (no sockets):
     the concatenated finals are the hypothesis; first-partial latency and each final's lag are recorded."""
     from streaming.replay import replay
@@ -51,7 +53,7 @@ def run_streaming(model, utt: Utterance, waveform, task: str) -> Outcome:
 
     options = SessionOptions(task=task, language=utt.language,
                              target_language=utt.target_language if task == "translate" else None)
-    result = replay(StreamingDecoder(model, options), waveform)
+    result = replay(StreamingDecoder(model, options, submodel=submodel), waveform)
     return Outcome(result.text, result.translation if task == "translate" else None,
                    result.stats["first_partial_latency"], result.final_lags)
 
@@ -126,11 +128,13 @@ class _RunningWer:
 
 def run_eval(model, manifest: str | Path, task: str = "transcribe", mode: str = "offline",
              out_dir: str | Path = "runs/eval", limit: int | None = None, progress: bool = True,
-             streamer: Runner | None = None, load_audio: Callable | None = None, plots: bool = True) -> dict:
+             streamer: Runner | None = None, load_audio: Callable | None = None, plots: bool = True,
+             submodel=None) -> dict:
     """Run (or resume) a benchmark; returns the report (also written as report.json/report.md in out_dir).
 
     `model` follows the asr model API (transcribe/translate). `streamer` replaces run_streaming in streaming
-    mode; `load_audio` replaces audio_encoder.audio.load_audio (path -> 16 kHz mono float32)."""
+    mode; `load_audio` replaces audio_encoder.audio.load_audio (path -> 16 kHz mono float32). `submodel`:
+    decode with this MatFormer sub-model of the model's decoder (given to the runner as `submodel=`)."""
     manifest, out_dir = Path(manifest), Path(out_dir)
     utts = read_manifest(manifest)[:limit]
     _check(utts, task, mode, manifest)
@@ -149,7 +153,7 @@ def run_eval(model, manifest: str | Path, task: str = "transcribe", mode: str = 
         for utt in todo:
             waveform = load_audio(utt.audio)
             start = time.perf_counter()
-            outcome = runner(model, utt, waveform, task)
+            outcome = runner(model, utt, waveform, task, **({} if submodel is None else {"submodel": submodel}))
             elapsed = time.perf_counter() - start
             record = make_record(utt, task, mode, outcome, len(waveform) / SAMPLE_RATE, elapsed)
             f.write(json.dumps(record, ensure_ascii=False) + "\n")

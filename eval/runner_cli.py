@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from lm.submodel import SPEC_HELP
+
 from .datasets import ManifestError, read_manifest
 from .report import ReportError, compare
 from .runner import MODES, TASKS, run_eval
@@ -17,6 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", help="float32 or bfloat16 (default: float32)")
     parser.add_argument("--quantize", choices=("int8", "int4"),
                         help="weight-only quantized text decoder (default: float weights)")
+    parser.add_argument("--submodel", metavar="NAME|ffn=..;skip=..", help=SPEC_HELP)
     parser.add_argument("--task", default="transcribe", choices=TASKS)
     parser.add_argument("--mode", default="offline", choices=MODES)
     parser.add_argument("--out", type=Path, default=Path("runs/eval"),
@@ -37,6 +40,15 @@ def _load_model(args):
         raise ManifestError(str(e)) from None
 
 
+def _submodel(model, spec):
+    from asr.loading import submodel_for_command
+
+    try:
+        return submodel_for_command(model, spec)
+    except ValueError as e:
+        raise ManifestError(str(e)) from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point for `asr eval`; returns the exit status (2 on bad input)."""
     try:
@@ -50,8 +62,9 @@ def run(args: argparse.Namespace) -> int:
             raise ManifestError(f"--limit must be at least 1, got {args.limit}")
         read_manifest(args.manifest)  # bad lines fail before the (slow) model load
         model = _load_model(args)
+        submodel = _submodel(model, getattr(args, "submodel", None))
         run_eval(model, args.manifest, task=args.task, mode=args.mode, out_dir=args.out, limit=args.limit,
-                 progress=not args.no_progress)
+                 progress=not args.no_progress, submodel=submodel)
     except (ManifestError, ReportError, NotImplementedError) as e:
         print(f"asr eval: {e}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ import torch
 from .generate import RepetitionGuard, _as_batch, generate
 from .kv_cache import KVCache
 from .static_cache import CacheRows, StaticCache
+from .submodel import SubModel, cache_holds
 
 
 @dataclass
@@ -34,6 +35,7 @@ class DecodeRequest:
     repetition_guard: bool | RepetitionGuard = False
     suppress_ids: Sequence[int] = ()
     cache: CacheRows | KVCache | None = None
+    submodel: SubModel | str | None = None  # MatFormer sub-model to decode with (None: the full model)
 
 
 class _Row:
@@ -98,12 +100,19 @@ def generate_batch(model, requests: Sequence[DecodeRequest],
     the stop id), as `generate(model, ...)` returns them for that request alone.
 
     The requests' caches are one-row slots of the same StaticCache, or all None (a temporary cache is
-    made). Afterwards each slot holds what `generate` leaves in a KVCache: prompt, forced prefix and the
+    made); all requests run the same MatFormer sub-model (`DecodeRequest.submodel`). Afterwards each slot holds what `generate` leaves in a KVCache: prompt, forced prefix and the
     generated tokens but the last. `embed` embeds new ids (forced prefix, generated tokens) for all rows,
     as in `generate`.
     """
     if not requests:
         return []
+    subs = {_submodel(model, r) for r in requests}
+    if len(subs) > 1:
+        names = ", ".join(sorted(str(m or "full") for m in subs))
+        raise ValueError(f"generate_batch: the requests run different sub-models ({names}); one forward runs "
+                         "one sub-model's layers (generate_many groups them)")
+    sub = subs.pop()
+    run = {"submodel": sub} if sub is not None else {}
     device = model.embed_tokens.weight.device
     slots = [r.cache for r in requests]
     if all(s is None for s in slots):
@@ -127,9 +136,9 @@ def generate_batch(model, requests: Sequence[DecodeRequest],
     for state, slot in zip(states, slots):  # prefill one by one: prompts differ in length
         ids, emb = _prompt(model, state.request, embed, device)
         # Reuse the cached prefix as far as the slot can go back; at least one position must run.
-        done = slot.restorable(min(slot.length, ids.shape[1] - 1))
+        done = slot.restorable(min(slot.length, ids.shape[1] - 1)) if cache_holds(slot, sub) else 0
         slot.crop(done)
-        logits = model(ids[:, done:], None if emb is None else emb[:, done:], cache=slot, last_only=True)
+        logits = model(ids[:, done:], None if emb is None else emb[:, done:], cache=slot, last_only=True, **run)
         if state.alive:
             state.take(int(state.allowed(logits[0, -1]).argmax(-1)))
 
@@ -139,34 +148,41 @@ def generate_batch(model, requests: Sequence[DecodeRequest],
             break
         step = torch.tensor([[states[i].token] for i in live], dtype=torch.long, device=device)
         view = cache.rows([rows[i] for i in live])
-        logits = model(step, None if embed is None else embed(step), cache=view, last_only=True)
+        logits = model(step, None if embed is None else embed(step), cache=view, last_only=True, **run)
         picks = torch.stack([states[i].allowed(logits[j, -1]) for j, i in enumerate(live)]).argmax(-1)
         for i, value in zip(live, picks.tolist()):  # one device sync per step
             states[i].take(value)
     return [s.out for s in states]
 
 
+def _submodel(model, request: DecodeRequest):
+    return model.resolve_submodel(request.submodel) if request.submodel is not None else None
+
+
 def generate_many(model, requests: Sequence[DecodeRequest],
                   embed: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[list[int]]:
     """Run mixed requests, batching what can be batched: slots of one StaticCache with room for the
-    request decode together; a KVCache request runs alone through `generate`; a slot too short for its
-    request runs alone on a temporary KVCache and is emptied (its old contents no longer describe a
-    prefix of the caller's next prompt); requests without a cache share a temporary StaticCache."""
+    request, on the same sub-model, decode together (one forward runs one sub-model's layers); a KVCache
+    request runs alone through `generate`; a slot too short for its request runs alone on a temporary
+    KVCache and is emptied (its old contents no longer describe a prefix of the caller's next prompt);
+    requests without a cache share a temporary StaticCache per sub-model."""
     out: list[list[int] | None] = [None] * len(requests)
-    groups: dict[int, list[int]] = {}
+    groups: dict[tuple, list[int]] = {}
     for i, r in enumerate(requests):
         c = r.cache
+        sub = _submodel(model, r)
         if isinstance(c, CacheRows) and positions_needed(r) <= c.cache.max_len:
-            groups.setdefault(id(c.cache), []).append(i)
+            groups.setdefault((id(c.cache), sub), []).append(i)
         elif c is None:
-            groups.setdefault(0, []).append(i)
+            groups.setdefault((0, sub), []).append(i)
         else:
             if isinstance(c, CacheRows):
                 c.crop(0)
                 c = KVCache()
             out[i] = generate(model, r.input_ids, inputs_embeds=r.inputs_embeds, max_new_tokens=r.max_new_tokens,
                               stop_ids=r.stop_ids, forced_prefix_ids=r.forced_prefix_ids, cache=c,
-                              repetition_guard=r.repetition_guard, embed=embed, suppress_ids=r.suppress_ids)
+                              repetition_guard=r.repetition_guard, embed=embed, suppress_ids=r.suppress_ids,
+                              submodel=r.submodel)
     for members in groups.values():
         for i, tokens in zip(members, generate_batch(model, [requests[i] for i in members], embed)):
             out[i] = tokens

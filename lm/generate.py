@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 
 from .kv_cache import KVCache
+from .submodel import cache_holds
 from .sampling import SamplingOptions, make_generator, sample
 
 
@@ -49,7 +50,8 @@ def _as_batch(input_ids, device: torch.device) -> torch.Tensor:
 def generate(model, input_ids, inputs_embeds: torch.Tensor | None = None, max_new_tokens: int = 256,
              stop_ids=(), sampling: SamplingOptions = SamplingOptions(), forced_prefix_ids=None,
              cache: KVCache | None = None, repetition_guard: bool | RepetitionGuard = False,
-             embed: Callable[[torch.Tensor], torch.Tensor] | None = None, suppress_ids=()) -> list[int]:
+             embed: Callable[[torch.Tensor], torch.Tensor] | None = None, suppress_ids=(),
+             submodel=None) -> list[int]:
     """Continue the prompt `input_ids` [1, L] (or [L]); returns the new ids, without the forced prefix and
     without the stop id that ended generation.
 
@@ -65,6 +67,8 @@ def generate(model, input_ids, inputs_embeds: torch.Tensor | None = None, max_ne
     caller passes its own merge, so that ids in the audio range go through the audio embedder as the
     reference does (random test models do generate such ids).
     suppress_ids: ids never generated (their logits set to -inf), like transformers' `suppress_tokens`.
+    submodel: the MatFormer sub-model to decode with (`TextModel.forward`'s); a cache filled by another
+    sub-model is not a prefix of this decode and is emptied first.
     """
     device = model.embed_tokens.weight.device
     ids = _as_batch(input_ids, device)
@@ -81,13 +85,14 @@ def generate(model, input_ids, inputs_embeds: torch.Tensor | None = None, max_ne
     guard = RepetitionGuard() if repetition_guard is True else (repetition_guard or None)
     stops = {int(s) for s in stop_ids}
     cache = cache if cache is not None else KVCache()
+    sub = model.resolve_submodel(submodel) if submodel is not None else None
     # Reuse the cached prefix; at least one position must be run to get the next token's logits.
-    done = min(cache.length, ids.shape[1] - 1)
+    done = min(cache.length, ids.shape[1] - 1) if cache_holds(cache, sub) else 0
     cache.crop(done)
     generator = make_generator(sampling, device)
 
     logits = model(ids[:, done:], None if inputs_embeds is None else inputs_embeds[:, done:], cache=cache,
-                   last_only=True)
+                   last_only=True, **({"submodel": sub} if sub is not None else {}))
     suppress = torch.tensor(sorted({int(i) for i in suppress_ids}), dtype=torch.long, device=device)
     out: list[int] = []
     while len(out) < max_new_tokens:
@@ -104,5 +109,6 @@ def generate(model, input_ids, inputs_embeds: torch.Tensor | None = None, max_ne
         if len(out) == max_new_tokens:
             break
         step = token[:, None]
-        logits = model(step, None if embed is None else embed(step), cache=cache, last_only=True)
+        logits = model(step, None if embed is None else embed(step), cache=cache, last_only=True,
+                       **({"submodel": sub} if sub is not None else {}))
     return out

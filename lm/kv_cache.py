@@ -19,6 +19,7 @@ class KVCache:
         self.values: dict[int, torch.Tensor] = {}
         self._length = 0
         self._pending: int | None = None  # length the current forward will reach
+        self.submodel = None  # the MatFormer sub-model (lm.submodel) that computed the entries; None = full
 
     @property
     def length(self) -> int:
@@ -69,6 +70,14 @@ class KVCache:
         self.keys.clear()
         self.values.clear()
         self._length, self._pending = 0, None
+        self.submodel = None
+
+    def submodels_held(self) -> list[tuple[int, object]]:
+        """(length, sub-model) per sequence: what lm.submodel.bind_cache checks."""
+        return [(self._length, self.submodel)]
+
+    def hold_submodel(self, sub) -> None:
+        self.submodel = sub
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for d in (self.keys, self.values) for t in d.values())

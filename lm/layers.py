@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import TextConfig
+from .quant import linear_cols, linear_rows
 
 
 @lru_cache(maxsize=None)
@@ -76,11 +77,18 @@ class MLP(nn.Module):
         p = torch.tensor(self.sparsity, dtype=torch.float32, device="cpu")
         self.z = float(torch.erfinv(2 * p - 1) * math.sqrt(2)) if self.sparsity > 0 else 0.0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = self.gate_proj(x)
+    def forward(self, x: torch.Tensor, width: int | None = None) -> torch.Tensor:
+        """width: run the MatFormer sub-layer of the first `width` hidden units (lm.submodel) through
+        views of the weights: gate/up rows [:width], down columns [:, :width]. The sparsity cut-off then
+        uses those units' statistics, as the sliced checkpoint's layer does."""
+        if width is None or width == self.gate_proj.out_features:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        else:
+            gate, up = linear_rows(self.gate_proj, x, width), linear_rows(self.up_proj, x, width)
         if self.sparsity > 0:
             gate = self._gaussian_topk(gate)
-        return self.down_proj(gelu_tanh(gate) * self.up_proj(x))
+        hidden = gelu_tanh(gate) * up
+        return self.down_proj(hidden) if width is None else linear_cols(self.down_proj, hidden)
 
     def _gaussian_topk(self, g: torch.Tensor) -> torch.Tensor:
         # Keeps about (1 - sparsity) of the units: a shift by the Gaussian cutoff, not a mask.

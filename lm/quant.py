@@ -45,6 +45,9 @@ DEFAULT_GROUP_SIZE = 64  # 4.5 bits a weight with bf16 scale+zero (32: 5 bits, G
 INT8_MIN_FEATURES = 16  # smaller matrices (AltUp coefficients 4x4, 4x16; router 2048->4) stay float
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 KERNEL_MAX_ROWS = 48  # int8: up to about this many input rows the fused kernel beats convert + BLAS
+# The CPU int8 kernel returns garbage (or crashes) unless in_features is a multiple of 16 (measured with
+# torch 2.13 on AVX-512: K = 8, 24, 40, 72, 200 wrong; 16, 32, 48, ..., 208 right); other K use BLAS.
+INT8_KERNEL_K_MULTIPLE = 16
 CHUNK_ELEMENTS = 1 << 22  # quantize in row slices of about this many weights (16 MB of fp32 temporaries)
 _BLOCK_ROWS = 64  # the CPU int4 packing works in row blocks of 64 or 32; both divide this
 _aten = torch.ops.aten
@@ -88,6 +91,22 @@ class QuantizedWeight(nn.Module):
 
     def _fallback(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.dequantize().to(device=x.device, dtype=x.dtype))
+
+    # ---- width prefixes (MatFormer sub-models, lm.submodel) ------------------------------------------
+    def forward_rows(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """x @ W[:n].T: the first n outputs (an FFN's gate/up at width n). Default: all outputs, cut."""
+        return self(x)[..., :n]
+
+    def forward_cols(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., k] @ W[:, :k].T for k = x.shape[-1] <= in_features (an FFN's down projection at width k).
+
+        The input is padded with zeros to in_features and goes through the full kernel: a zero input adds
+        exactly zero, so this is the product with the first k columns, with no copy of the codes (the fused
+        kernels need contiguous codes, and W[:, :k] is not). It reads the whole matrix, though."""
+        k = x.shape[-1]
+        if k == self.in_features:
+            return self(x)
+        return self(F.pad(x, (0, self.in_features - k)))
 
     def _kernel_ok(self, x: torch.Tensor) -> bool:
         return x.device.type == "cpu" and self.weight.device.type == "cpu" and x.dtype in _KERNEL_DTYPES
@@ -133,15 +152,30 @@ class Int8Weight(QuantizedWeight):
         return (self.weight.float() * self.scales.float()[:, None]).to(self.compute_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._product(x, self.weight, self.scales)
+
+    def forward_rows(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        # One scale per row: the first n rows of codes and scales are the n-row matrix (contiguous views).
+        return self._product(x, self.weight[:n], self.scales[:n])
+
+    def forward_cols(self, x: torch.Tensor) -> torch.Tensor:
+        k = x.shape[-1]
+        if k == self.in_features or (self._kernel_ok(x) and x[..., 0].numel() <= KERNEL_MAX_ROWS):
+            return super().forward_cols(x)  # zero-padded through the fused kernel
+        # BLAS path: the strided view of the first k columns is converted (a temporary), never stored.
+        return self._product(x, self.weight[:, :k], self.scales)
+
+    def _product(self, x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)
-        if self._kernel_ok(x) and x2.shape[0] <= KERNEL_MAX_ROWS:
+        x2 = x.reshape(-1, codes.shape[1])
+        if (self._kernel_ok(x) and x2.shape[0] <= KERNEL_MAX_ROWS and codes.is_contiguous()
+                and codes.shape[1] % INT8_KERNEL_K_MULTIPLE == 0):
             kx = _kernel_input(x2)
-            y = _aten._weight_int8pack_mm(kx, self.weight, self.scales.to(kx.dtype)).to(x.dtype)
+            y = _aten._weight_int8pack_mm(kx, codes, scales.to(kx.dtype)).to(x.dtype)
         else:
             # The per-row scale factors out of the sum: scale the [M, N] output, not the [N, K] weight.
-            y = F.linear(x2, self.weight.to(x.dtype)) * self.scales.to(device=x.device, dtype=x.dtype)
-        return y.reshape(*lead, self.out_features)
+            y = F.linear(x2, codes.to(x.dtype)) * scales.to(device=x.device, dtype=x.dtype)
+        return y.reshape(*lead, codes.shape[0])
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, int8 per channel, scales {self.compute_dtype}"
@@ -248,9 +282,35 @@ class Int4Weight(QuantizedWeight):
             return y.to(x.dtype).reshape(*lead, self.out_features)
         return self._fallback(x)
 
+    def forward_rows(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        # The CPU packing works in blocks of 64 rows: a prefix of whole blocks is the packing of those rows
+        # (the constructor packs in such slices). Other prefixes compute every row and keep n.
+        if self.layout == "cpu" and self._kernel_ok(x) and n % _BLOCK_ROWS == 0:
+            lead = x.shape[:-1]
+            kx = _kernel_input(x.reshape(-1, self.in_features))
+            y = _aten._weight_int4pack_mm_for_cpu(kx, self.weight[:n], self.group_size,
+                                                  self.scales_and_zeros[:, :n].to(kx.dtype))
+            return y.to(x.dtype).reshape(*lead, n)
+        return super().forward_rows(x, n)
+
     def extra_repr(self) -> str:
         return (f"{self.in_features}, {self.out_features}, int4 groups of {self.group_size}, {self.layout} layout, "
                 f"scales {self.compute_dtype}")
+
+
+def linear_rows(module: nn.Module, x: torch.Tensor, n: int) -> torch.Tensor:
+    """The first n outputs of a bias-free nn.Linear or quantized matrix, through a view of its rows."""
+    if isinstance(module, QuantizedWeight):
+        return module.forward_rows(x, n)
+    return F.linear(x, module.weight[:n])
+
+
+def linear_cols(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """x [..., k] times the first k input columns of a bias-free nn.Linear or quantized matrix (a strided
+    view of a float weight: BLAS reads it in place)."""
+    if isinstance(module, QuantizedWeight):
+        return module.forward_cols(x)
+    return F.linear(x, module.weight[:, :x.shape[-1]])
 
 
 def int4_supported(out_features: int, in_features: int, group_size: int = DEFAULT_GROUP_SIZE) -> bool:

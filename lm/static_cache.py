@@ -63,6 +63,7 @@ class StaticCache:
         self.lengths = [0] * rows
         # Oldest position p such that the ring still holds every position p .. length-1.
         self.held_from = [0] * rows
+        self.row_submodel: list = [None] * rows  # MatFormer sub-model (lm.submodel) of each row's keys
         self._in_flight: set[int] = set()
         self._free = list(range(rows))
         self._lock = threading.Lock()
@@ -296,6 +297,14 @@ class CacheRows:
 
     def reset(self) -> None:
         self.crop(0)
+
+    def submodels_held(self) -> list[tuple[int, object]]:
+        """(length, sub-model) per row: what lm.submodel.bind_cache checks."""
+        return [(self.cache.lengths[r], self.cache.row_submodel[r]) for r in self.row_ids]
+
+    def hold_submodel(self, sub) -> None:
+        for r in self.row_ids:
+            self.cache.row_submodel[r] = sub
 
     def release(self) -> None:
         """Give an allocated slot back to its cache (the view must not be used afterwards)."""

@@ -27,6 +27,7 @@ MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 48000
 TASKS = ("transcribe", "translate")
 ENCODINGS = {"pcm_s16le": (np.dtype("<i2"), 1.0 / 32768.0), "pcm_f32le": (np.dtype("<f4"), 1.0)}
 CHANNELS = (1, 2)
+MAX_SUBMODEL_CHARS = 1024  # a per-layer FFN list for 35 layers is about 200 characters
 
 # Error codes of the `error` message.
 BAD_REQUEST = "bad_request"
@@ -69,6 +70,7 @@ class StartRequest:
     sample_rate: int = SAMPLE_RATE
     encoding: str = "pcm_s16le"
     channels: int = 1
+    submodel: str | None = None          # extension: MatFormer sub-model to run (None: the server decides)
 
     @property
     def frame_bytes(self) -> int:
@@ -121,7 +123,20 @@ def parse_start(obj: dict) -> StartRequest:
     channels = _integer(obj, "channels", 1)
     if channels not in CHANNELS:
         raise ProtocolError(UNSUPPORTED_AUDIO, f"start: 'channels' must be 1 or 2, got {channels}")
-    return StartRequest(task, language, target if task == "translate" else None, rate, encoding, channels)
+    return StartRequest(task, language, target if task == "translate" else None, rate, encoding, channels,
+                        _submodel(obj))
+
+
+def _submodel(obj: dict) -> str | None:
+    """The `submodel` extension: a sub-model's name or spec as text; whether the model has it is the
+    session factory's question (an unknown one is a bad_request there too)."""
+    value = obj.get("submodel")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_SUBMODEL_CHARS:
+        raise ProtocolError(BAD_REQUEST, "start: 'submodel' must be a sub-model name such as \"E2B\", or "
+                                         f"\"ffn=...;skip=...\", or null, got {value!r:.80}")
+    return value.strip()
 
 
 def parse_client_message(text: str) -> StartRequest | StopRequest:
@@ -148,6 +163,8 @@ def start_message(start: StartRequest) -> dict:
            "sample_rate": start.sample_rate, "encoding": start.encoding, "channels": start.channels}
     if start.target_language is not None:
         msg["target_language"] = start.target_language
+    if start.submodel is not None:
+        msg["submodel"] = start.submodel
     return msg
 
 
@@ -215,6 +232,7 @@ class SessionEvent:
     start: float
     end: float
     translation: str | None = None
+    submodel: str | None = None  # the MatFormer sub-model that decoded it, when the session names one
 
     def __post_init__(self) -> None:
         if self.kind not in ("partial", "final"):
@@ -271,10 +289,12 @@ def partial_message(text: str, start: float, end: float, translation: str | None
 
 
 def final_message(segment: int, text: str, start: float, end: float, translation: str | None = None,
-                  task: str = "transcribe") -> dict:
+                  task: str = "transcribe", submodel: str | None = None) -> dict:
     msg = {"type": "final", "segment": segment, "text": text, "start": _t(start), "end": _t(end)}
     if task == "translate":
         msg["translation"] = translation or ""
+    if submodel is not None:
+        msg["submodel"] = submodel
     return msg
 
 

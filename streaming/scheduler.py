@@ -36,6 +36,8 @@ log = logging.getLogger("streaming.scheduler")
 
 # deliver(events, seconds the job ran): called on the event loop, in job order.
 Deliver = Callable[[list[SessionEvent], float], None]
+# on_load(largest backlog of unprocessed audio in seconds, inference seconds of the turn), after each turn.
+OnLoad = Callable[[float, float], None]
 
 
 class Lane:
@@ -122,10 +124,12 @@ class Lane:
 class FairScheduler:
     """Round-robin over lanes with work; one inference thread. Start with `start()`, end with `stop()`.
 
-    batch_sessions: how many lanes' jobs may run together (1 = one at a time); needs `run_batch`."""
+    batch_sessions: how many lanes' jobs may run together (1 = one at a time); needs `run_batch`.
+    on_load(backlog_s, busy_s): told after every turn the most unprocessed audio a lane still holds and the
+    turn's inference seconds (streaming.elastic steps sub-models down and up on it)."""
 
     def __init__(self, max_job_seconds: float = 2.0, max_pending_seconds: float = 30.0, batch_sessions: int = 1,
-                 run_batch: RunBatch | None = None):
+                 run_batch: RunBatch | None = None, on_load: OnLoad | None = None):
         if max_job_seconds <= 0 or max_pending_seconds <= 0:
             raise ValueError("FairScheduler: max_job_seconds and max_pending_seconds must be > 0, got "
                              f"{max_job_seconds} and {max_pending_seconds}")
@@ -140,6 +144,7 @@ class FairScheduler:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr-inference")
         self._task: asyncio.Task | None = None
         self.jobs_run = 0
+        self._on_load = on_load
 
     def start(self) -> None:
         if self._task is None:
@@ -176,13 +181,24 @@ class FairScheduler:
             lanes = [self._queue.popleft()]
             while len(lanes) < self.batch_sessions and self._queue:
                 lanes.append(self._queue.popleft())
+            t0 = time.perf_counter()
             if len(lanes) == 1:
                 await self._run_one(lanes[0])
             else:
                 await self._run_many(lanes)
+            busy = time.perf_counter() - t0
             for lane in lanes:
                 if lane.has_work:
                     self._ready(lane)
+            if self._on_load is not None:
+                self._report_load(lanes, busy)
+
+    def _report_load(self, lanes: list[Lane], busy: float) -> None:
+        backlog = max((lane.pending_samples for lane in (*lanes, *self._queue) if not lane.closed), default=0)
+        try:
+            self._on_load(backlog / SAMPLE_RATE, busy)
+        except Exception:  # the load policy must not stop the worker
+            log.exception("load report failed")
 
     async def _run_one(self, lane: Lane) -> None:
         job = lane._take_job(self.max_job_samples)

@@ -30,6 +30,8 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from lm.submodel import SPEC_FORMS
+
 from . import protocol as P
 from .scheduler import FairScheduler, Lane, SessionStats
 
@@ -195,8 +197,9 @@ class Connection:
         self.start, self.decoder = start, P.PcmDecoder(start)
         self.lane = self.server.scheduler.lane(session, self._deliver, self.id)
         self.lane.finished.add_done_callback(self._lane_done)
-        log.info("session %s: start task=%s language=%s target=%s rate=%d %s x%d", self.id, start.task,
-                 start.language, start.target_language, start.sample_rate, start.encoding, start.channels)
+        log.info("session %s: start task=%s language=%s target=%s rate=%d %s x%d%s", self.id, start.task,
+                 start.language, start.target_language, start.sample_rate, start.encoding, start.channels,
+                 f" submodel={start.submodel}" if start.submodel is not None else "")
         self.outbox.put(P.ready_message(self.id, self.opts.model_name))
 
     # --- results ---------------------------------------------------------------------------------
@@ -205,7 +208,8 @@ class Connection:
         task = self.start.task
         for ev in map(P.as_event, events):
             if ev.kind == "final":
-                self.outbox.put(P.final_message(self.segments, ev.text, ev.start, ev.end, ev.translation, task))
+                self.outbox.put(P.final_message(self.segments, ev.text, ev.start, ev.end, ev.translation, task,
+                                                ev.submodel))
                 self.segments += 1
             else:
                 self.outbox.put(P.partial_message(ev.text, ev.start, ev.end, ev.translation, task))
@@ -231,9 +235,12 @@ class Connection:
         except (asyncio.CancelledError, Exception):
             return  # failure already reported by _lane_done, or the lane was abandoned
         stats = self.stats.summary(self.lane.busy_seconds, self.segments)
-        log.info("session %s: done (%s) audio=%.2fs first_partial=%s final_lag_p50=%s p95=%s rtf=%s", self.id,
+        report = getattr(self.lane.session, "report", None)
+        stats.update(report() if report is not None else {})  # e.g. the sub-model it ended on
+        log.info("session %s: done (%s) audio=%.2fs first_partial=%s final_lag_p50=%s p95=%s rtf=%s%s", self.id,
                  ending, stats["audio_seconds"], stats["first_partial_latency"], stats["final_lag_p50"],
-                 stats["final_lag_p95"], stats["rtf"])
+                 stats["final_lag_p95"], stats["rtf"],
+                 f" submodel={stats['submodel']} switches={stats['submodel_switches']}" if "submodel" in stats else "")
         if ending in (_IDLE, _LIFETIME):
             self.outbox.put(_Close(P.CLOSE_CLIENT_FAULT, "timeout"))
             return
@@ -297,8 +304,10 @@ class StreamingServer:
     async def start(self) -> None:
         o = self.options
         # Batching needs the factory's batched decode (streaming.session.SessionFactory.run_batch).
+        # Automatic stepping down reads the scheduler's load (streaming.session.SessionFactory.observe_load).
         self.scheduler = FairScheduler(o.max_job_seconds, o.max_pending_seconds, o.batch_sessions,
-                                       getattr(self.factory, "run_batch", None))
+                                       getattr(self.factory, "run_batch", None),
+                                       getattr(self.factory, "observe_load", None))
         self.scheduler.start()
         self._shutdown_event = asyncio.Event()
         self._shutdown_wait = asyncio.ensure_future(self._shutdown_event.wait())
@@ -400,6 +409,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-sessions", type=int, default=d.batch_sessions,
                    help="decode up to N ready sessions together, one forward per token for all of them "
                         f"(1 = off; default: {d.batch_sessions})")
+    p.add_argument("--submodel", metavar="NAME|ffn=..;skip=..",
+                   help="MatFormer sub-model for sessions that do not name one in `start` (default: the whole "
+                        "model); a session's own `submodel` field overrides it: " + SPEC_FORMS)
+    p.add_argument("--step-down", action="append", metavar="NAME|ffn=..;skip=..",
+                   help="when the server falls behind real time, sessions that did not pin a sub-model step down "
+                        "to this one (repeat for more steps, largest first; default: the smaller presets that fit "
+                        "the model, e.g. E2B under E4B); they step back up when the load falls")
+    p.add_argument("--no-step-down", action="store_true", help="never change a session's sub-model")
     p.add_argument("--token", help="require this bearer token (Authorization header or ?token=)")
     p.add_argument("--max-frame-bytes", type=int, default=d.max_frame_bytes, help="default: 1 MiB")
     p.add_argument("--idle-timeout", type=float, default=d.idle_timeout, help="seconds (default: 60)")
@@ -421,12 +438,22 @@ def load_factory(args: argparse.Namespace) -> tuple[P.SessionFactory, str]:
     Raises ValueError naming what failed (no session implementation, a model that does not load)."""
     from asr.loading import load_model_for_command
 
+    from .elastic import label
     from .session import session_factory
 
     model = load_model_for_command(args.model, args.device, args.dtype, getattr(args, "quantize", None))
     name = (getattr(model, "metadata", None) or {}).get("name") or str(getattr(model, "source", "")) or "gemma3n"
     batch = min(getattr(args, "batch_sessions", ServerOptions.batch_sessions), args.max_sessions)
-    return session_factory(model, batch_sessions=batch, max_sessions=args.max_sessions), name
+    step_down = [] if getattr(args, "no_step_down", False) else getattr(args, "step_down", None)
+    try:
+        factory = session_factory(model, batch_sessions=batch, max_sessions=args.max_sessions,
+                                  submodel=getattr(args, "submodel", None), step_down=step_down)
+    except ValueError as e:
+        raise ValueError(f"--submodel/--step-down: {e}") from None
+    if factory.elastic is not None:
+        log.info("sub-models: sessions start on %s and step down to %s when behind real time",
+                 label(factory.elastic.ladder[0]), ", then ".join(label(m) for m in factory.elastic.ladder[1:]))
+    return factory, name
 
 
 async def serve_until_signal(server: StreamingServer) -> None:

@@ -15,8 +15,9 @@ same generators with `_decode`, one decode at a time.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
-from typing import Generator
+from typing import Callable, Generator, Sequence
 
 import numpy as np
 import torch
@@ -28,12 +29,16 @@ from lm.generate import generate
 from lm.kv_cache import KVCache
 from lm.static_cache import CacheRows, StaticCache
 from lm.prompt import instruction, split_translation
+from lm.submodel import SubModel
+from lm.submodel import plan as plan_submodel
 
 from . import policy
+from .elastic import ElasticController, ElasticOptions, label
 from .protocol import SessionEvent, StartRequest
 from .ring_buffer import TOKEN_SECONDS, TokenRing
 
 SAMPLES_PER_TOKEN = 2560  # 160 ms at 16 kHz
+log = logging.getLogger("streaming.session")
 
 
 @dataclass(frozen=True)
@@ -82,11 +87,18 @@ class StreamingDecoder:
     a slot of a StaticCache shared with other sessions (batched serving; `close()` gives it back)."""
 
     def __init__(self, model: SpeechModel, options: SessionOptions = SessionOptions(),
-                 cache: KVCache | CacheRows | None = None):
+                 cache: KVCache | CacheRows | None = None,
+                 submodel: SubModel | str | Callable[[], SubModel | None] | None = None):
         model.require_tokenizer()
         if options.task == "translate":
             model.check_task("translate")
         self.model, self.options = model, options
+        # MatFormer sub-model (lm.submodel) to decode with: fixed (a SubModel, a name or spec; None = the
+        # whole model), or a callable asked before every decode (streaming.elastic: the server's level).
+        self._follow = submodel if callable(submodel) else None
+        self.submodel = submodel() if self._follow else model.submodel(submodel)
+        self.reports_submodel = submodel is not None  # finals and the report name it
+        self.submodel_switches = 0
         self.layout = options.audio_layout or model.default_audio_layout
         self.decode_options = DecodeOptions(max_new_tokens=options.max_new_tokens, audio_layout=self.layout)
         self.encoder = model.audio_stream()
@@ -115,6 +127,12 @@ class StreamingDecoder:
     def finish(self) -> list[SessionEvent]:
         """End of stream: decode what is left of the utterance and commit all of it."""
         return self._run(self.finish_steps())
+
+    def report(self) -> dict:
+        """What the `done` stats add for this session: the sub-model it ended on and how often it changed."""
+        if not self.reports_submodel:
+            return {}
+        return {"submodel": label(self.submodel), "submodel_switches": self.submodel_switches}
 
     def close(self) -> None:
         """Give back a shared cache slot; the session is not used afterwards."""
@@ -245,7 +263,8 @@ class StreamingDecoder:
         if self.options.task == "translate":
             translation = yield from self._translate(policy.join_words(self.window_text), end_token)
         self.final_end = end
-        return SessionEvent("final", text, start, end, translation)
+        return SessionEvent("final", text, start, end, translation,
+                            label(self.submodel) if self.reports_submodel else None)
 
     def _hypothesis(self, end: int) -> Generator[DecodeStep, str, list[str]]:
         """Decode the window [utterance, end) with the committed words forced; the uncommitted words."""
@@ -266,13 +285,15 @@ class StreamingDecoder:
             new = generate(model.language_model, job.input_ids, inputs_embeds=job.inputs_embeds,
                            max_new_tokens=job.max_new_tokens, stop_ids=job.stop_ids,
                            forced_prefix_ids=job.forced_prefix_ids, cache=self.cache,
-                           repetition_guard=job.repetition_guard, embed=model.embed_ids, suppress_ids=job.suppress_ids)
+                           repetition_guard=job.repetition_guard, embed=model.embed_ids, suppress_ids=job.suppress_ids,
+                           submodel=job.submodel)
         else:
             new = generate_many(self.model.language_model, [job], embed=self.model.embed_ids)[0]
         return self._decode_text(start, end, request, new)
 
     def _decode_request(self, start: int, end: int, request: str, forced: str) -> DecodeRequest:
         """The prompt of one decode; crops the cache back to what this prompt shares with the last one."""
+        self._follow_submodel()
         model, tok = self.model, self.model.tokenizer
         audio = self.ring.window(start, end)
         block = model.audio_block(audio, self.layout)
@@ -287,7 +308,23 @@ class StreamingDecoder:
         self.cache.crop(reusable)
         forced_ids = tok.encode(forced) if forced else None
         return DecodeRequest(ids, emb, forced_ids, self.options.max_new_tokens, model.stop_ids, True,
-                             model.non_text_ids(), self.cache)
+                             model.non_text_ids(), self.cache, submodel=self.submodel)
+
+    def _follow_submodel(self) -> None:
+        """An automatic session takes the server's current sub-model before a decode. Keys and values of
+        another sub-model are no prefix of this one's: the cache is emptied and the reuse bookkeeping reset
+        (the next decode recomputes the prompt)."""
+        if self._follow is None:
+            return
+        sub = self._follow()
+        if sub == self.submodel:
+            return
+        log.info("session %x: sub-model %s -> %s at %.2f s of audio", id(self), label(self.submodel), label(sub),
+                 self.samples / 16000)
+        self.submodel = sub
+        self.submodel_switches += 1
+        self.cached_audio = (-1, 0)
+        self.cache.crop(0)
 
     def _decode_text(self, start: int, end: int, request: str, new: list[int]) -> str:
         """The answer's text; notes which audio tokens the cache now holds."""
@@ -327,21 +364,54 @@ class SessionFactory:
     first session, `max_sessions` rows), so the scheduler can batch their decodes through `run_batch`;
     a session that finds no free slot keeps a KVCache of its own (it then decodes alone)."""
 
-    def __init__(self, model: SpeechModel, batch_sessions: int = 1, max_sessions: int = 4, **overrides):
+    def __init__(self, model: SpeechModel, batch_sessions: int = 1, max_sessions: int = 4,
+                 submodel: SubModel | str | None = None, step_down: Sequence[SubModel | str] | None = None,
+                 elastic: ElasticOptions = ElasticOptions(), **overrides):
         if batch_sessions < 1 or max_sessions < 1:
             raise ValueError(f"batch_sessions and max_sessions must be >= 1, got {batch_sessions} and {max_sessions}")
         self.model, self.overrides = model, overrides
         self.batch_sessions, self.max_sessions = batch_sessions, max_sessions
         self.run_batch = decode_batch if batch_sessions > 1 else None
         self.slots: StaticCache | None = None
+        self.submodel = model.submodel(submodel)  # sessions that do not pin one start here
+        self.named_default = submodel is not None
+        ladder = [self.submodel, *self._step_down(step_down)]
+        self.elastic = ElasticController(ladder, elastic) if len(ladder) > 1 else None
+        self.observe_load = self.elastic.observe if self.elastic is not None else None  # the scheduler's on_load
+
+    def _step_down(self, step_down: Sequence[SubModel | str] | None) -> list[SubModel]:
+        """The smaller sub-models unpinned sessions step down to, in order; default: the presets that fit
+        the model and are smaller than the default sub-model. Each must be smaller than the one before."""
+        text = self.model.config.text
+        size = (lambda m: (m or plan_submodel(text, None, ())).decoder_parameters(text))
+        if step_down is None:
+            return [m for m in self.model.submodels() if size(m) < size(self.submodel)]
+        ladder, above = [], self.submodel
+        for spec in step_down:
+            sub = self.model.submodel(spec)
+            if size(sub) >= size(above):
+                raise ValueError(f"step-down sub-model {label(sub)} is not smaller than {label(above)} before it")
+            ladder.append(sub)
+            above = sub
+        return ladder
 
     def __call__(self, start: StartRequest) -> StreamingDecoder:
         try:
             options = SessionOptions(task=start.task, language=start.language,
                                      target_language=start.target_language, **self.overrides)
+            if start.submodel is not None:
+                try:
+                    submodel = self.model.submodel(start.submodel)
+                except ValueError as e:
+                    raise ValueError(f"submodel: {e}") from None
+                submodel = submodel or start.submodel  # 'full', pinned: named in the reports too
+            elif self.elastic is not None:
+                submodel = lambda: self.elastic.current  # noqa: E731 (follows the server's level)
+            else:
+                submodel = self.submodel if self.named_default else None
             slot = self._slot(options)
             try:
-                return StreamingDecoder(self.model, options, cache=slot)
+                return StreamingDecoder(self.model, options, cache=slot, submodel=submodel)
             except BaseException:
                 if slot is not None:
                     slot.release()
@@ -370,5 +440,6 @@ class SessionFactory:
 
 
 def session_factory(model: SpeechModel, batch_sessions: int = 1, max_sessions: int = 4,
-                    **overrides) -> SessionFactory:
-    return SessionFactory(model, batch_sessions, max_sessions, **overrides)
+                    submodel: SubModel | str | None = None, step_down: Sequence[SubModel | str] | None = None,
+                    elastic: ElasticOptions = ElasticOptions(), **overrides) -> SessionFactory:
+    return SessionFactory(model, batch_sessions, max_sessions, submodel, step_down, elastic, **overrides)
