@@ -37,6 +37,7 @@ class ClientOptions:
     speed: float = 1.0        # 1 = real time, 0 = as fast as possible
     chunk_ms: int = 100
     sample_rate: int = P.SAMPLE_RATE   # rate of the PCM being sent
+    submodel: str | None = None        # MatFormer sub-model to ask for (start's `submodel` extension)
 
     def __post_init__(self) -> None:
         if self.speed < 0:
@@ -49,7 +50,8 @@ class ClientOptions:
             raise ValueError(f"chunk_ms must be from 10 to 1000, got {self.chunk_ms}")
 
     def start_request(self) -> P.StartRequest:
-        return P.StartRequest(self.task, self.language, self.target_language, self.sample_rate, "pcm_s16le", 1)
+        return P.StartRequest(self.task, self.language, self.target_language, self.sample_rate, "pcm_s16le", 1,
+                              self.submodel)
 
     @property
     def chunk_bytes(self) -> int:
@@ -200,8 +202,11 @@ def format_stats(stats: dict) -> str:
     def f(key, unit="s"):
         v = stats.get(key)
         return "n/a" if v is None else f"{v:.2f}{unit}"
-    return (f"audio {f('audio_seconds')}, first partial {f('first_partial_latency')}, final lag p50 "
+    line = (f"audio {f('audio_seconds')}, first partial {f('first_partial_latency')}, final lag p50 "
             f"{f('final_lag_p50')} p95 {f('final_lag_p95')}, rtf {f('rtf', '')}")
+    if stats.get("submodel") is not None:
+        line += f", sub-model {stats['submodel']} ({stats.get('submodel_switches', 0)} changes)"
+    return line
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -213,6 +218,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--language", help="spoken language, e.g. en (default: let the model decide)")
     p.add_argument("--target-language", help="language to translate into (with --task translate)")
     p.add_argument("--token", help="bearer token, if the server requires one")
+    p.add_argument("--submodel", metavar="NAME|ffn=..;skip=..",
+                   help="ask the server for this MatFormer sub-model of its model, e.g. E2B (default: the server "
+                        "decides, and may step down when it falls behind)")
     p.add_argument("--rate", type=int, default=P.SAMPLE_RATE, help="sample rate of raw stdin PCM (default: 16000)")
 
 
@@ -221,7 +229,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         from_stdin = args.input == "-"
         options = ClientOptions(args.url, args.task, args.language, args.target_language, args.token, args.speed,
-                                sample_rate=args.rate if from_stdin else P.SAMPLE_RATE)
+                                sample_rate=args.rate if from_stdin else P.SAMPLE_RATE,
+                                submodel=getattr(args, "submodel", None))
         if from_stdin:
             chunks = raw_chunks(sys.stdin.buffer, options.chunk_bytes)
         else:

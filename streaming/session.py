@@ -408,7 +408,7 @@ class SessionFactory:
             elif self.elastic is not None:
                 submodel = lambda: self.elastic.current  # noqa: E731 (follows the server's level)
             else:
-                submodel = self.submodel if self.named_default else None
+                submodel = (self.submodel or "full") if self.named_default else None  # named: reported
             slot = self._slot(options)
             try:
                 return StreamingDecoder(self.model, options, cache=slot, submodel=submodel)

@@ -402,6 +402,13 @@ def test_start_message_submodel_field():
         assert e.value.code == P.BAD_REQUEST and "'submodel' must be a sub-model name" in e.value.message
     assert P.final_message(0, "a", 0, 1, submodel="E2B")["submodel"] == "E2B"
     assert "submodel" not in P.final_message(0, "a", 0, 1)
+    from streaming import client
+
+    parser = argparse.ArgumentParser()
+    client.add_arguments(parser)
+    args = parser.parse_args(["talk.wav", "--submodel", "E2B"])
+    assert client.ClientOptions(submodel=args.submodel).start_request().submodel == "E2B"
+    assert client.format_stats({"submodel": "E2B", "submodel_switches": 2}).endswith(", sub-model E2B (2 changes)")
 
 
 def _run(decoder, audio, chunk=3200):
@@ -439,6 +446,9 @@ def test_factory_resolves_pins_and_refuses_unknown_submodels(small):
     with pytest.raises(ValueError, match="step-down sub-model full is not smaller than ffn=96,64,80;skip=3"):
         SessionFactory(full, submodel=SMALL, step_down=["full"])
     assert SessionFactory(full).elastic is None  # no preset fits: nothing to step down to
+    fixed = SessionFactory(full, submodel=SMALL)  # the server's default sub-model, no ladder below it
+    assert fixed.elastic is None and fixed(P.StartRequest()).report() == {"submodel": SMALL, "submodel_switches": 0}
+    assert SessionFactory(full, submodel="full")(P.StartRequest()).report()["submodel"] == "full"
     assert StreamingDecoder(full).report() == {}
 
 
