@@ -215,11 +215,24 @@ class Trainer:
 
         self.model.eval()
         pairs: dict[str, list[tuple[str, str]]] = {}
+        encoder_pairs: dict[str, list[tuple[str, str]]] = {}
         for i, item in enumerate(self.heldout.items):
             if len(pairs.setdefault(item.language, [])) < per_language:
                 text = self.model.transcribe(self.heldout.waveform(i), language=item.language).text
                 pairs[item.language].append((item.text, text))
-        return {lang: error_rates(p) for lang, p in pairs.items()}
+                encoder_pairs.setdefault(item.language, []).append((item.text, self.ctc_greedy(i)))
+        # ctc_cer: what the encoder alone can read (greedy CTC head); the decoder's CER falling far behind
+        # it says the decoder has not learned to read the audio yet.
+        return {lang: {**error_rates(p), "ctc_cer": error_rates(encoder_pairs[lang])["cer"]}
+                for lang, p in pairs.items()}
+
+    def ctc_greedy(self, i: int) -> str:
+        """The auxiliary CTC head's greedy reading of held-out utterance i (best path, blanks removed)."""
+        features, mask = pad_features([self.heldout.features(i)])
+        soft, _ = self.model.encode_features(features.to(self.device), mask.to(self.device))
+        frames = self.ctc_head(soft).reshape(1, soft.shape[1] * self.ctc_frames, -1).argmax(-1)[0].tolist()
+        chars = {v: k for k, v in self.char_ids.items()}
+        return "".join(chars[c] for c, prev in zip(frames, [0] + frames) if c != prev and c != 0)
 
 
 def training_init_(model: SpeechModel, seed: int) -> None:
@@ -282,8 +295,9 @@ def train(out: Path, options: TrainOptions, data: DataOptions, data_dir: Path | 
         done = trainer.step == end
         if options.eval_every and (trainer.step % options.eval_every == 0 or trainer.step == options.steps):
             record["heldout"] = trainer.evaluate()
-            bar.write(f"step {trainer.step}: " + ", ".join(f"{k} CER {v['cer']:.3f} WER {v['wer']:.3f}"
-                                                          for k, v in record["heldout"].items()))
+            bar.write(f"step {trainer.step}: " + ", ".join(
+                f"{k} CER {v['cer']:.3f} WER {v['wer']:.3f} (CTC {v['ctc_cer']:.3f})"
+                for k, v in record["heldout"].items()))
         log.write(json.dumps(record) + "\n")
         log.flush()
         if done or time.monotonic() - last_save > 60 * options.checkpoint_minutes:

@@ -99,3 +99,23 @@ def test_curriculum_batches_start_short_and_reach_every_length():
     assert max(lengths[i] for i in first) <= sorted(lengths)[len(lengths) // 10]
     late = {i for s in range(990, 1000) for i in curriculum_batch(lengths, 16, seed=0, step=s, steps=1000)}
     assert max(lengths[i] for i in late) > sorted(lengths)[len(lengths) // 2]
+
+
+def test_heldout_check_reports_decoder_and_encoder_error_rates(tmp_path, data_dir):
+    from asr.model import DecodeOptions
+    from asr.train import Trainer
+
+    trainer = Trainer(tmp_path / "model", _options(1), DATA, data_dir, torch.device("cpu"), resume=False)
+    text = trainer.ctc_greedy(0)
+    assert isinstance(text, str) and all(c in trainer.char_ids for c in text)
+    full = trainer.model.transcribe  # the untrained decoder's noise: keep it short
+    trainer.model.transcribe = lambda audio, language: full(audio, language=language,
+                                                            options=DecodeOptions(max_new_tokens=4))
+    report = trainer.evaluate(per_language=1)
+    assert set(report) == {"en", "es", "fr", "it", "pt"}
+    from asr.train_eval import error_rates
+
+    for i, item in enumerate(trainer.heldout.items):
+        rates = report[item.language]
+        assert rates["n"] == 1 and rates["cer"] >= 0 and rates["wer"] >= 0
+        assert rates["ctc_cer"] == error_rates([(item.text, trainer.ctc_greedy(i))])["cer"]
