@@ -259,10 +259,14 @@ def slice_checkpoint(src_dir: str | Path, out_dir: str | Path, ffn: list[int] | 
         ck = Checkpoint(src)
     except CheckpointError as e:
         raise SliceError(str(e)) from None
-    tensors = plan_tensors(ck, plan)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{secrets.token_hex(4)}"
-    tmp.mkdir()  # not mkdtemp: the result should get the usual permissions, not 0700
+    try:
+        tensors = plan_tensors(ck, plan)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.parent / f".{out.name}.partial-{secrets.token_hex(4)}"
+        tmp.mkdir()  # not mkdtemp: the result should get the usual permissions, not 0700
+    except BaseException:
+        ck.close()
+        raise
     try:
         from tqdm import tqdm
 

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -70,6 +71,15 @@ class TrainOptions:
     seed: int = 0
     eval_every: int = 500
     checkpoint_minutes: float = 5.0
+
+    def __post_init__(self):
+        positive = {"steps": self.steps, "batch_size": self.batch_size, "lr": self.lr,
+                    "checkpoint_minutes": self.checkpoint_minutes}
+        bad = [f"{k}={v}" for k, v in positive.items() if not v > 0]
+        if self.ctc_weight < 0 or self.curriculum_steps < 0 or self.eval_every < 0 or self.warmup < 0:
+            bad.append("ctc_weight, curriculum_steps, eval_every and warmup must be >= 0")
+        if bad:
+            raise ValueError(f"training options: {'; '.join(bad)}")
 
 
 class Trainer:
@@ -202,9 +212,14 @@ class Trainer:
 
         state = torch.load(path, map_location=self.device, weights_only=False)
         weights = load_file(self.out / "model.safetensors", device=str(self.device))
-        self.model.load_state_dict(weights, strict=True)
-        self.ctc_head.load_state_dict(state["ctc_head"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.model.load_state_dict(weights, strict=True)
+            self.ctc_head.load_state_dict(state["ctc_head"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            first = str(e).strip().splitlines()[0]
+            raise ValueError(f"--resume: {path} was saved by a different version of the recipe and cannot "
+                             f"be continued ({first}); start a new --out") from None
         self.step, self.seconds = int(state["step"]), float(state["seconds"])
 
     # ---- held-out check -------------------------------------------------------------------------------
@@ -349,6 +364,14 @@ def keep_freed_memory() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except ValueError as e:  # bad options, a run that cannot be resumed, missing espeak-ng ...
+        print(f"asr train: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     keep_freed_memory()
     options = TrainOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,

@@ -123,7 +123,7 @@ def curriculum_batch(lengths: list[int], batch_size: int, seed: int, step: int, 
     them at `steps`. A pure function of (seed, step), like `batch_indices`."""
     order = _by_length(tuple(lengths))
     share = 0.1 + 0.9 * min(1.0, step / max(1, steps))
-    pool = max(batch_size, int(len(order) * share))
+    pool = min(len(order), max(batch_size, int(len(order) * share)))
     rng = np.random.default_rng([seed, step, 2])
     picked = rng.choice(pool, size=min(batch_size, pool), replace=False)
     return sorted((int(order[i]) for i in picked), key=lambda i: lengths[i])

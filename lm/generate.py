@@ -87,7 +87,7 @@ def generate(model, input_ids, inputs_embeds: torch.Tensor | None = None, max_ne
     cache = cache if cache is not None else KVCache()
     sub = model.resolve_submodel(submodel) if submodel is not None else None
     # Reuse the cached prefix; at least one position must be run to get the next token's logits.
-    done = min(cache.length, ids.shape[1] - 1) if cache_holds(cache, sub) else 0
+    done = cache.restorable(min(cache.length, ids.shape[1] - 1)) if cache_holds(cache, sub) else 0
     cache.crop(done)
     generator = make_generator(sampling, device)
 

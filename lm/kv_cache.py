@@ -54,6 +54,11 @@ class KVCache:
         self.keys[layer], self.values[layer] = k, v
         return k, v
 
+    def restorable(self, n: int) -> int:
+        """The furthest crop towards n this cache can honour: always n (it keeps every position). The
+        StaticCache's rings may not, hence the question."""
+        return max(0, min(n, self._length))
+
     def crop(self, n: int) -> None:
         """Keep only the first n positions (n <= length); also clears a forward left unfinished by an error."""
         if n < 0:

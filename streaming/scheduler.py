@@ -50,6 +50,8 @@ class Lane:
         self._deliver = deliver
         self._audio: deque[np.ndarray] = deque()
         self.pending_samples = 0
+        self.received_samples = 0
+        self.started = time.monotonic()
         self._finish_requested = False
         self.finished: asyncio.Future = asyncio.get_running_loop().create_future()
         self.busy_seconds = 0.0     # inference time spent on this lane (for the real-time factor)
@@ -64,9 +66,17 @@ class Lane:
             return
         self._audio.append(pcm)
         self.pending_samples += pcm.size
+        self.received_samples += pcm.size
         if self.pending_samples > self._scheduler.max_pending_samples:
             self._space.clear()
         self._scheduler._ready(self)
+
+    def real_time_backlog(self, now: float) -> float:
+        """Seconds of unprocessed audio that had arrived by real time. Audio a client sends ahead of real
+        time (`asr stream --speed 0`, a file upload) is not the server falling behind, so it is left out:
+        otherwise one fast client would step every session down."""
+        ahead = max(0.0, self.received_samples / SAMPLE_RATE - (now - self.started))
+        return max(0.0, self.pending_samples / SAMPLE_RATE - ahead)
 
     async def wait_for_space(self) -> None:
         """Wait while this lane holds more unprocessed audio than the scheduler allows (backpressure:
@@ -194,9 +204,11 @@ class FairScheduler:
                 self._report_load(lanes, busy)
 
     def _report_load(self, lanes: list[Lane], busy: float) -> None:
-        backlog = max((lane.pending_samples for lane in (*lanes, *self._queue) if not lane.closed), default=0)
+        now = time.monotonic()
+        backlog = max((lane.real_time_backlog(now) for lane in (*lanes, *self._queue) if not lane.closed),
+                      default=0.0)
         try:
-            self._on_load(backlog / SAMPLE_RATE, busy)
+            self._on_load(backlog, busy)
         except Exception:  # the load policy must not stop the worker
             log.exception("load report failed")
 

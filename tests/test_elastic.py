@@ -507,12 +507,26 @@ def test_unpinned_sessions_step_down_and_reset_their_cache(small, speech):
     assert finals and finals[-1].submodel == SMALL
 
 
-def test_server_steps_down_when_behind_real_time(small, speech):
-    """A client sends 6 s of audio at once: the first turn leaves 4 s waiting, over `behind_s`, so the
-    unpinned session steps down; the pinned one stays. Both report their sub-model in `done`."""
+def test_real_time_backlog_leaves_out_audio_sent_ahead_of_real_time():
+    from streaming.scheduler import Lane
+
+    lane = Lane.__new__(Lane)  # only the accounting fields
+    lane.started, lane.received_samples, lane.pending_samples = 100.0, 16000 * 6, 16000 * 6
+    assert lane.real_time_backlog(100.0) == 0.0  # 6 s uploaded at once: ahead of real time, not behind
+    assert lane.real_time_backlog(103.0) == 3.0  # 3 s of it is due by now and still waiting
+    assert lane.real_time_backlog(110.0) == 6.0
+
+
+def test_server_steps_down_when_behind_real_time(small, speech, monkeypatch):
+    """A client's 6 s of audio are all due (the lanes' accounting is told they arrived in real time): the
+    first turn leaves 4 s waiting, over `behind_s`, so the unpinned session steps down; the pinned one
+    stays. Both report their sub-model in `done`."""
     from websockets.asyncio.client import connect
 
+    from streaming.scheduler import Lane
     from streaming.server import ServerOptions, StreamingServer
+
+    monkeypatch.setattr(Lane, "real_time_backlog", lambda lane, now: lane.pending_samples / 16000)
 
     full, _, _ = small
     audio = np.concatenate([speech, np.zeros(16000 * 6 - len(speech) % 16000, np.float32)])[:16000 * 6]
