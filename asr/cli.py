@@ -7,29 +7,11 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from .cli_options import add_model_options
 
 
 class UserError(Exception):
     """A mistake in the command line or its inputs: reported in one line, exit status 2."""
-
-
-def add_submodel_option(p: argparse.ArgumentParser) -> None:
-    from lm.submodel import SPEC_HELP
-
-    p.add_argument("--submodel", metavar="NAME|ffn=..;skip=..", help=SPEC_HELP)
-
-
-def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="checkpoint directory (default: the bundled model)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    p.add_argument("--dtype", default="float32", help="float32 or bfloat16 (default: float32)")
-    add_quantize_option(p)
-
-
-def add_quantize_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quantize", choices=("int8", "int4"),
-                   help="weight-only quantized text decoder: int8 (per channel) or int4 (groups of 64); "
-                        "activations stay in --dtype (default: float weights)")
 
 
 def load_for_cli(args):
@@ -46,7 +28,7 @@ def _add_transcribe(sub) -> None:
                             ("translate", "transcribe audio files, then translate them")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("files", nargs="+", metavar="FILE", help="audio files (wav, flac, ogg, aiff, mp3, ...)")
-        _add_model_options(p)
+        add_model_options(p)
         if name == "transcribe":
             p.add_argument("--language", help="spoken language, e.g. en or English (default: let the model decide)")
         else:
@@ -58,7 +40,6 @@ def _add_transcribe(sub) -> None:
         p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
         p.add_argument("--top-k", type=int, default=0)
         p.add_argument("--top-p", type=float, default=1.0)
-        add_submodel_option(p)
         p.set_defaults(func=run_transcribe)
 
 
@@ -152,7 +133,7 @@ def run_init_random(args) -> int:
 
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="describe a model")
-    _add_model_options(p)
+    add_model_options(p, submodel_help=None)
     p.set_defaults(func=run_info)
 
 

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lm.submodel import SPEC_HELP
+from asr.cli_options import add_model_options
 
 from .datasets import ManifestError, read_manifest
 from .report import ReportError, compare
@@ -14,12 +14,7 @@ from .runner import MODES, TASKS, run_eval
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", type=Path, help="JSONL manifest (see docs/eval.md)")
-    parser.add_argument("--model", help="checkpoint directory (default: the bundled model)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    parser.add_argument("--dtype", default="float32", help="float32 or bfloat16 (default: float32)")
-    parser.add_argument("--quantize", choices=("int8", "int4"),
-                        help="weight-only quantized text decoder (default: float weights)")
-    parser.add_argument("--submodel", metavar="NAME|ffn=..;skip=..", help=SPEC_HELP)
+    add_model_options(parser)
     parser.add_argument("--task", default="transcribe", choices=TASKS)
     parser.add_argument("--mode", default="offline", choices=MODES)
     parser.add_argument("--out", type=Path, default=Path("runs/eval"),

@@ -218,6 +218,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--language", help="spoken language, e.g. en (default: let the model decide)")
     p.add_argument("--target-language", help="language to translate into (with --task translate)")
     p.add_argument("--token", help="bearer token, if the server requires one")
+    # Spelled out rather than shared with asr.cli_options: the client stays free of torch imports.
     p.add_argument("--submodel", metavar="NAME|ffn=..;skip=..",
                    help="ask the server for this MatFormer sub-model of its model, e.g. E2B (default: the server "
                         "decides, and may step down when it falls behind)")

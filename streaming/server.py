@@ -30,6 +30,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from asr.cli_options import add_model_options
 from lm.submodel import SPEC_FORMS
 
 from . import protocol as P
@@ -398,20 +399,15 @@ class StreamingServer:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `asr serve`."""
     d = ServerOptions()
-    p.add_argument("--model", help="checkpoint directory (default: the bundled model)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    p.add_argument("--dtype", default="float32", help="float32 or bfloat16 (default: float32)")
-    p.add_argument("--quantize", choices=("int8", "int4"),
-                   help="weight-only quantized text decoder (default: float weights)")
+    add_model_options(p, submodel_help="MatFormer sub-model for sessions that do not name one in `start` "
+                                       "(default: the whole model); a session's own `submodel` field overrides "
+                                       "it: " + SPEC_FORMS)
     p.add_argument("--host", default=d.host, help=f"address to listen on (default: {d.host})")
     p.add_argument("--port", type=int, default=d.port, help=f"port (default: {d.port}; 0 = any free port)")
     p.add_argument("--max-sessions", type=int, default=d.max_sessions, help=f"default: {d.max_sessions}")
     p.add_argument("--batch-sessions", type=int, default=d.batch_sessions,
                    help="decode up to N ready sessions together, one forward per token for all of them "
                         f"(1 = off; default: {d.batch_sessions})")
-    p.add_argument("--submodel", metavar="NAME|ffn=..;skip=..",
-                   help="MatFormer sub-model for sessions that do not name one in `start` (default: the whole "
-                        "model); a session's own `submodel` field overrides it: " + SPEC_FORMS)
     p.add_argument("--step-down", action="append", metavar="NAME|ffn=..;skip=..",
                    help="when the server falls behind real time, sessions that did not pin a sub-model step down "
                         "to this one (repeat for more steps, largest first; default: the smaller presets that fit "
