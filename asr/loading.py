@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from lm.quant import QUANT_MODES, QuantizedWeight, QuantSummary, quantize_linears_, quantize_text_model_, summarize
+from lm.quant import QuantizedWeight, check_mode, QuantSummary, quantize_linears_, quantize_text_model_, summarize
 from lm.tokenizer import Tokenizer, TokenizerNotFound
 
 from .checkpoint import Checkpoint, CheckpointError, load_module_weights
@@ -103,16 +103,6 @@ def check_parts(parts) -> tuple[str, ...]:
     if "text" not in names:
         raise ValueError(f"parts {names}: 'text' is required (the decoder writes every answer)")
     return tuple(p for p in PARTS if p in names)
-
-
-def check_quantize(quantize: str | None) -> str | None:
-    """None, "int8" or "int4"; anything else is a ValueError naming the allowed values."""
-    if quantize is None:
-        return None
-    if quantize not in QUANT_MODES:
-        raise ValueError(f"unknown quantization {quantize!r}; expected one of {', '.join(QUANT_MODES)} "
-                         "(or None for float weights)")
-    return quantize
 
 
 @dataclass
@@ -233,7 +223,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str 
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a directory (expected a Hugging Face checkpoint folder)")
     device, dtype = parse_device(device), parse_dtype(dtype)
-    mode, parts = check_quantize(quantize), check_parts(parts)
+    mode, parts = check_mode(quantize), check_parts(parts)
     config = SpeechConfig.from_file(directory)
     checkpoint = Checkpoint(directory)
     try:
@@ -286,7 +276,7 @@ def load_model_for_command(directory: str | Path | None, device: str = "cpu", dt
     directory is given; any failure becomes one ValueError that names the directory and the reason."""
     from .bundled import default_model_dir
 
-    check_quantize(quantize)  # a bad value is the user's option, not the model's fault
+    check_mode(quantize)  # a bad value is the user's option, not the model's fault
     directory = directory or default_model_dir()
     try:
         return load_model(directory, device=device, dtype=dtype, quantize=quantize)
