@@ -277,10 +277,22 @@ class Int4Weight(QuantizedWeight):
             # For every number of rows: unpacking this layout for BLAS costs more than the kernel (prefill
             # of 200 rows: kernel 80 ms, bf16 float matmul 31 ms, unpack + dequantize + matmul 190 ms).
             kx = _kernel_input(x.reshape(-1, self.in_features))
-            y = _aten._weight_int4pack_mm_for_cpu(kx, self.weight, self.group_size,
-                                                  self.scales_and_zeros.to(kx.dtype))
+            y = _aten._weight_int4pack_mm_for_cpu(kx, self.weight, self.group_size, self._kernel_scales(kx.dtype))
             return y.to(x.dtype).reshape(*lead, self.out_features)
         return self._fallback(x)
+
+    def _kernel_scales(self, dtype: torch.dtype) -> torch.Tensor:
+        """scales_and_zeros in the kernel's input dtype, converted once and kept: a float32 model feeds the
+        kernel bf16 (see the module notes), and converting per call cost a third more memory traffic
+        for the head (16.8 M values a token in E2B)."""
+        sz = self.scales_and_zeros
+        if sz.dtype == dtype:
+            return sz
+        cached = getattr(self, "_scales_cache", None)
+        if cached is None or cached[0] is not sz or cached[1].dtype != dtype:
+            cached = (sz, sz.to(dtype))
+            self._scales_cache = cached
+        return cached[1]
 
     def forward_rows(self, x: torch.Tensor, n: int) -> torch.Tensor:
         # The CPU packing works in blocks of 64 rows: a prefix of whole blocks is the packing of those rows
@@ -289,7 +301,7 @@ class Int4Weight(QuantizedWeight):
             lead = x.shape[:-1]
             kx = _kernel_input(x.reshape(-1, self.in_features))
             y = _aten._weight_int4pack_mm_for_cpu(kx, self.weight[:n], self.group_size,
-                                                  self.scales_and_zeros[:, :n].to(kx.dtype))
+                                                  self._kernel_scales(kx.dtype)[:, :n].contiguous())
             return y.to(x.dtype).reshape(*lead, n)
         return super().forward_rows(x, n)
 
