@@ -66,6 +66,11 @@ class TrainOptions:
     # growing from 10% to all (SortaGrad-like). Reading a short clip needs no long-range alignment, so
     # the decoder learns to look at the audio before it must track where it is in a long one.
     curriculum_steps: int = 0
+    # Reading warm-up: for the first `reading_steps` the audio block holds a learned embedding per pair of
+    # characters of the answer (what a perfect encoder would give, at about its 160 ms token rate) and only
+    # the decoder trains, without running the encoder. bench/train_copy_probe.py showed the decoder itself
+    # slow to learn to read even such tokens; this teaches it before the encoder's tokens mean anything.
+    reading_steps: int = 0
     any_language_share: float = 0.2  # prompts without a language name, so `transcribe()` without one works
     vocab_size: int = 768
     seed: int = 0
@@ -76,8 +81,8 @@ class TrainOptions:
         positive = {"steps": self.steps, "batch_size": self.batch_size, "lr": self.lr,
                     "checkpoint_minutes": self.checkpoint_minutes}
         bad = [f"{k}={v}" for k, v in positive.items() if not v > 0]
-        if self.ctc_weight < 0 or self.curriculum_steps < 0 or self.eval_every < 0 or self.warmup < 0:
-            bad.append("ctc_weight, curriculum_steps, eval_every and warmup must be >= 0")
+        if min(self.ctc_weight, self.curriculum_steps, self.reading_steps, self.eval_every, self.warmup) < 0:
+            bad.append("ctc_weight, curriculum_steps, reading_steps, eval_every and warmup must be >= 0")
         if bad:
             raise ValueError(f"training options: {'; '.join(bad)}")
 
@@ -112,9 +117,13 @@ class Trainer:
         self.ctc_frames = self.config["audio_config"]["conf_reduction_factor"]  # 40 ms frames per token
         self.ctc_head = torch.nn.Linear(self.config["text_config"]["hidden_size"],
                                         self.ctc_frames * (len(alphabet) + 1))
+        self.reading_embedding = torch.nn.Embedding(len(alphabet) + 1, self.config["text_config"]["hidden_size"],
+                                                    padding_idx=0)
         self.model.to(device)
         self.ctc_head.to(device)
-        params = list(self.model.parameters()) + list(self.ctc_head.parameters())
+        self.reading_embedding.to(device)
+        params = (list(self.model.parameters()) + list(self.ctc_head.parameters())
+                  + list(self.reading_embedding.parameters()))
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": options.weight_decay},
@@ -139,11 +148,32 @@ class Trainer:
             return curriculum_batch(self.lengths, o.batch_size, o.seed, step, o.curriculum_steps)
         return batch_indices(self.lengths, o.batch_size, o.seed, step)
 
+    def reading_tokens(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ideal audio tokens for the reading warm-up: one per pair of characters of each answer, the sum of
+        their learned embeddings scaled to RMS 1 (as the audio embedder's output) -> ([B, N, D], valid)."""
+        pairs = []
+        for i in indices:
+            chars = [self.char_ids[c] for c in self.train_set.items[i].text.lower() if c in self.char_ids]
+            chars += [0] * (len(chars) % 2)  # 0: padding id of the embedding, a zero vector after the sum
+            pairs.append(torch.tensor(chars).view(-1, 2))
+        n = max(len(x) for x in pairs)
+        ids = torch.zeros(len(pairs), n, 2, dtype=torch.long)
+        valid = torch.zeros(len(pairs), n, dtype=torch.bool)
+        for row, x in enumerate(pairs):
+            ids[row, :len(x)], valid[row, :len(x)] = x, True
+        tokens = self.reading_embedding(ids.to(self.device)).sum(2)
+        hidden = tokens.shape[-1]
+        return F.normalize(tokens, dim=-1) * hidden**0.5, valid.to(self.device)
+
     def losses(self, indices: list[int], step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(answer cross-entropy, CTC) for the utterances `indices` of the training set."""
         model, tok, items = self.model, self.tokenizer, self.train_set.items
-        features, mask = pad_features([self.train_set.features(i) for i in indices])
-        soft, valid = model.encode_features(features.to(self.device), mask.to(self.device))
+        reading = step < self.options.reading_steps
+        if reading:
+            soft, valid = self.reading_tokens(indices)
+        else:
+            features, mask = pad_features([self.train_set.features(i) for i in indices])
+            soft, valid = model.encode_features(features.to(self.device), mask.to(self.device))
         rng = np.random.default_rng([self.options.seed, step, 1])
         rows, targets, answers = [], [], []
         for row, i in enumerate(indices):
@@ -162,6 +192,8 @@ class Trainer:
         where = labels[:, 1:] >= 0
         logits = model.language_model.head(hidden[:, :-1][where]).float()
         ce = F.cross_entropy(logits, labels[:, 1:][where])
+        if reading:
+            return ce, torch.zeros((), device=self.device)
         chars = [[self.char_ids[c] for c in items[i].text.lower() if c in self.char_ids] for i in indices]
         return ce, self._ctc(soft, valid, chars)
 
@@ -201,7 +233,8 @@ class Trainer:
         shutil.rmtree(tmp, ignore_errors=True)
         save_checkpoint(self.model, self.config, tmp, self.ids)
         torch.save({"step": self.step, "seconds": self.seconds, "optimizer": self.optimizer.state_dict(),
-                    "ctc_head": self.ctc_head.state_dict(), "options": asdict(self.options),
+                    "ctc_head": self.ctc_head.state_dict(), "reading_embedding": self.reading_embedding.state_dict(),
+                    "options": asdict(self.options),
                     "data": asdict(data)}, tmp / STATE_FILE)
         for name in os.listdir(tmp):
             os.replace(tmp / name, self.out / name)
@@ -215,6 +248,7 @@ class Trainer:
         try:
             self.model.load_state_dict(weights, strict=True)
             self.ctc_head.load_state_dict(state["ctc_head"])
+            self.reading_embedding.load_state_dict(state["reading_embedding"])
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
             first = str(e).strip().splitlines()[0]
@@ -333,6 +367,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vocab-size", type=int, default=o.vocab_size, help="SentencePiece vocabulary to train")
     parser.add_argument("--curriculum-steps", type=int, default=o.curriculum_steps,
                         help="start on the shortest utterances, reaching all of them after this many steps")
+    parser.add_argument("--reading-steps", type=int, default=o.reading_steps,
+                        help="first train the decoder alone to read ideal audio tokens (characters) for N steps")
     parser.add_argument("--ctc-weight", type=float, default=o.ctc_weight, help="weight of the auxiliary CTC loss")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last save")
@@ -376,7 +412,7 @@ def _run(args: argparse.Namespace) -> int:
     keep_freed_memory()
     options = TrainOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                            vocab_size=args.vocab_size, ctc_weight=args.ctc_weight,
-                           curriculum_steps=args.curriculum_steps,
+                           curriculum_steps=args.curriculum_steps, reading_steps=args.reading_steps,
                            eval_every=args.eval_every, checkpoint_minutes=args.checkpoint_minutes)
     data = DataOptions(count=args.utterances, seed=args.seed)
     if args.resume and (args.out / STATE_FILE).exists():

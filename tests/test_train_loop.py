@@ -119,3 +119,28 @@ def test_heldout_check_reports_decoder_and_encoder_error_rates(tmp_path, data_di
         rates = report[item.language]
         assert rates["n"] == 1 and rates["cer"] >= 0 and rates["wer"] >= 0
         assert rates["ctc_cer"] == error_rates([(item.text, trainer.ctc_greedy(i))])["cer"]
+
+
+def test_reading_warm_up_trains_the_decoder_on_ideal_tokens_first(tmp_path, data_dir):
+    from dataclasses import replace
+
+    from asr.train import Trainer
+
+    options = replace(_options(5), reading_steps=3)
+    trainer = Trainer(tmp_path / "probe", options, DATA, data_dir, torch.device("cpu"), resume=False)
+    tokens, valid = trainer.reading_tokens([0, 1])
+    for row, i in enumerate([0, 1]):
+        chars = sum(c in trainer.char_ids for c in trainer.train_set.items[i].text.lower())
+        assert int(valid[row].sum()) == (chars + 1) // 2  # one token per pair of characters
+    rms = tokens[valid].pow(2).mean(-1).sqrt()
+    torch.testing.assert_close(rms, torch.ones_like(rms))  # the audio embedder's scale
+
+    out = train(tmp_path / "model", options, DATA, data_dir, progress=False)
+    log = _log(out)
+    assert [r["ctc"] == 0 for r in log] == [True, True, True, False, False]  # encoder idle, then joint
+    resumed = Trainer(out, options, DATA, data_dir, torch.device("cpu"), resume=True)
+    torch.testing.assert_close(resumed.reading_embedding.weight, load_reading_embedding(out))
+
+
+def load_reading_embedding(out):
+    return torch.load(out / "train_state.pt", weights_only=False)["reading_embedding"]["weight"]
