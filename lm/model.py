@@ -161,6 +161,8 @@ class TextModel(nn.Module):
             return None if self._submodels_checked[submodel] else submodel
         sub = parse_submodel(submodel, self.config)
         full = sub.is_full(self.config)
+        if len(self._submodels_checked) >= 64:  # specs come from clients: keep the memo bounded
+            self._submodels_checked.clear()
         self._submodels_checked[sub] = full
         return None if full else sub
 
