@@ -102,11 +102,6 @@ class TextModel(nn.Module):
         e = self.embed_tokens
         return e.compute_dtype if isinstance(e, QuantizedWeight) else e.weight.dtype
 
-    @property
-    def lm_head_weight(self) -> torch.Tensor:
-        """The output projection: tied to the token embeddings (no separate lm_head tensor)."""
-        return self.embed_tokens.weight
-
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings scaled by sqrt(hidden_size), the scale rounded to the weight dtype (45.25 in bf16).
         A quantized tied matrix (lm/quant.py) dequantizes just the rows gathered."""
