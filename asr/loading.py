@@ -208,8 +208,8 @@ def _skipped(checkpoint: Checkpoint, loaded_prefixes: tuple[str, ...], shared: s
     return {g: checkpoint.nbytes(names) for g, names in groups.items()}
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = torch.float32,
-               quantize: str | None = None, parts=PARTS) -> SpeechModel:
+def load_model(path: str | Path | None = None, device: str | torch.device = "cpu",
+               dtype: str | torch.dtype = torch.float32, quantize: str | None = None, parts=PARTS) -> SpeechModel:
     """Load a Gemma 3n checkpoint directory (config.json, model.safetensors or a sharded index,
     tokenizer.model and/or tokenizer.json) for speech recognition and translation.
 
@@ -218,7 +218,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: str 
     stays float: it runs once per 160 ms of audio, while decode reads every decoder weight for each token.
     parts: ("audio", "text") or ("text",); with "text" only, the audio tower and embedder are never built
     or read, and audio calls raise AudioNotLoaded. The vision tower is never loaded.
-    `model.load_report` (a LoadReport) says what was read, kept and skipped."""
+    `model.load_report` (a LoadReport) says what was read, kept and skipped.
+    path None: the model bundled with the package (asr/assets/model)."""
+    if path is None:
+        from .bundled import default_model_dir
+
+        path = default_model_dir()
     directory = Path(path)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a directory (expected a Hugging Face checkpoint folder)")

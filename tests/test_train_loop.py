@@ -111,6 +111,9 @@ def test_heldout_check_reports_decoder_and_encoder_error_rates(tmp_path, data_di
     full = trainer.model.transcribe  # the untrained decoder's noise: keep it short
     trainer.model.transcribe = lambda audio, language: full(audio, language=language,
                                                             options=DecodeOptions(max_new_tokens=4))
+    early = trainer.evaluate(per_language=1)  # step 0: the untrained decoder is not asked
+    assert all(r["n"] == 0 and r["ctc_cer"] >= 0 for r in early.values())
+    trainer.step = 1
     report = trainer.evaluate(per_language=1)
     assert set(report) == {"en", "es", "fr", "it", "pt"}
     from asr.train_eval import error_rates
@@ -140,6 +143,25 @@ def test_reading_warm_up_trains_the_decoder_on_ideal_tokens_first(tmp_path, data
     assert [r["ctc"] == 0 for r in log] == [True, True, True, False, False]  # encoder idle, then joint
     resumed = Trainer(out, options, DATA, data_dir, torch.device("cpu"), resume=True)
     torch.testing.assert_close(resumed.reading_embedding.weight, load_reading_embedding(out))
+
+
+def test_encoder_steps_train_the_encoder_alone_on_ctc_first(tmp_path, data_dir):
+    from dataclasses import replace
+
+    from asr.train import Trainer
+
+    options = replace(_options(4), encoder_steps=2)
+    trainer = Trainer(tmp_path / "probe", options, DATA, data_dir, torch.device("cpu"), resume=False)
+    decoder_before = [p.detach().clone() for p in trainer.model.language_model.parameters()]
+    encoder_before = [p.detach().clone() for p in trainer.model.audio_tower.parameters()]
+    stats = trainer.train_step(0)
+    assert stats["ce"] == 0 and stats["ctc"] > 0
+    assert all(torch.equal(a, b) for a, b in zip(decoder_before, trainer.model.language_model.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(encoder_before, trainer.model.audio_tower.parameters()))
+
+    log = _log(train(tmp_path / "model", options, DATA, data_dir, progress=False))
+    assert [r["ce"] == 0 for r in log] == [True, True, False, False]  # encoder alone, then joint
+    assert all(r["ctc"] > 0 for r in log)
 
 
 def load_reading_embedding(out):
