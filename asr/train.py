@@ -345,8 +345,21 @@ def train(out: Path, options: TrainOptions, data: DataOptions, data_dir: Path | 
     trainer = Trainer(out, options, data, data_dir or out / "data", torch.device(device), resume)
     log = (out / LOG_FILE).open("a")
     bar = tqdm(total=options.steps, initial=trainer.step, desc="train", disable=not progress, dynamic_ncols=True)
-    last_save = time.monotonic()
     end = min(options.steps, stop_at or options.steps)
+    interrupted = _StopRequest()
+    with interrupted:
+        _train_loop(trainer, options, data, log, bar, end, interrupted)
+    bar.close()
+    log.close()
+    if interrupted.signal:
+        print(f"asr train: stopped by {interrupted.signal} at step {trainer.step}; saved, continue with --resume",
+              file=sys.stderr)
+    return out
+
+
+def _train_loop(trainer: Trainer, options: TrainOptions, data: DataOptions, log, bar, end: int,
+                interrupted: "_StopRequest") -> None:
+    last_save = time.monotonic()
     while trainer.step < end:
         started = time.monotonic()
         stats = trainer.train_step(trainer.step)
@@ -363,12 +376,43 @@ def train(out: Path, options: TrainOptions, data: DataOptions, data_dir: Path | 
                 for k, v in record["heldout"].items()))
         log.write(json.dumps(record) + "\n")
         log.flush()
-        if done or time.monotonic() - last_save > 60 * options.checkpoint_minutes:
+        if done or interrupted.signal or time.monotonic() - last_save > 60 * options.checkpoint_minutes:
             trainer.save(data)
             last_save = time.monotonic()
-    bar.close()
-    log.close()
-    return out
+        if interrupted.signal:
+            return
+
+
+class _StopRequest:
+    """Ctrl-C or SIGTERM during training: finish the current step, save, stop (a second Ctrl-C stops at
+    once). Stopping in the middle of an optimizer step would save a half-updated model."""
+
+    def __init__(self):
+        self.signal: str | None = None
+        self._previous: dict = {}
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        import signal
+
+        if self.signal is not None:  # asked twice: stop now
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
 
 
 # ---- command line ---------------------------------------------------------------------------------------

@@ -81,6 +81,29 @@ def test_resume_continues_exactly(tmp_path, data_dir):
         train(straight, _options(6), DATA, data_dir, progress=False)
 
 
+def test_sigterm_finishes_the_step_saves_and_resumes(tmp_path, data_dir, monkeypatch, capsys):
+    import os
+    import signal
+
+    original = train_module.Trainer.train_step
+
+    def step_then_signal(self, step):
+        stats = original(self, step)
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-run, as `kill` or a scheduler sends it
+        return stats
+
+    monkeypatch.setattr(train_module.Trainer, "train_step", step_then_signal)
+    out = train(tmp_path / "model", _options(6), DATA, data_dir, progress=False)
+    assert "stopped by SIGTERM at step 2" in capsys.readouterr().err
+    assert torch.load(out / "train_state.pt", weights_only=False)["step"] == 2
+    assert [r["step"] for r in _log(out)] == [1, 2]
+    monkeypatch.setattr(train_module.Trainer, "train_step", original)
+    train(out, _options(6), DATA, data_dir, resume=True, progress=False)
+    assert [r["step"] for r in _log(out)] == [1, 2, 3, 4, 5, 6]
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
+
+
 def test_batches_depend_only_on_seed_and_step():
     lengths = [(7 * i) % 50 + 1 for i in range(200)]
     a = [batch_indices(lengths, 8, seed=3, step=s) for s in range(60)]
