@@ -55,10 +55,11 @@ def _percentiles(values: list[float]) -> dict | None:
 
 
 def _error_rates(records: list[dict]) -> dict:
-    """WER and/or CER over the records, raw and normalized; each unit summed only over its own languages."""
+    """CER over all records and WER over those of languages written with spaces, raw and normalized (a WER
+    over Chinese or Japanese text would count whole sentences as words)."""
     out = {}
     for unit in ("wer", "cer"):
-        group = [r for r in records if metrics.error_unit(r.get("language")) == unit]
+        group = [r for r in records if unit == "cer" or metrics.error_unit(r.get("language")) == "wer"]
         if not group:
             continue
         refs, hyps = [r["reference"] for r in group], [r.get("hypothesis", "") for r in group]

@@ -68,3 +68,16 @@ def test_errors(tmp_path, capsys, ref_lines, hyp_lines, message):
         score.score_files(ref, hyp)
     assert score.main(["--ref", str(ref), "--hyp", str(hyp)]) == 2
     assert capsys.readouterr().err.startswith("asr score: ")
+
+
+def test_report_gives_cer_for_every_language_and_wer_only_for_spaced_ones():
+    from eval.report import summarize
+
+    records = [{"id": "a", "language": "en", "task": "transcribe", "reference": "the cat", "hypothesis": "the bat"},
+               {"id": "b", "language": "zh", "task": "transcribe", "reference": "你好", "hypothesis": "你"}]
+    report = summarize(records)
+    en, zh = report["languages"]["en"], report["languages"]["zh"]
+    assert en["cer"]["value"] == pytest.approx(1 / 7) and en["wer"]["value"] == pytest.approx(1 / 2)
+    assert zh["cer"]["value"] == pytest.approx(1 / 2) and "wer" not in zh
+    assert report["overall"]["cer"]["value"] == pytest.approx(2 / 9)  # summed over both languages
+    assert report["overall"]["wer"]["value"] == pytest.approx(1 / 2)  # English only
