@@ -39,7 +39,7 @@ def tiny_sizes(monkeypatch):
 
 def _options(steps: int) -> TrainOptions:
     return TrainOptions(steps=steps, batch_size=4, lr=3e-3, warmup=3, vocab_size=400, eval_every=0,
-                        checkpoint_minutes=1e9)
+                        checkpoint_minutes=1e9, encoder_steps=0)
 
 
 def _log(out):
