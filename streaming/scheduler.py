@@ -174,9 +174,20 @@ class FairScheduler:
     def lane(self, session: StreamingSession, deliver: Deliver, name: str = "") -> Lane:
         return Lane(self, session, deliver, name)
 
-    async def call(self, fn: Callable, *args):
-        """Run fn(*args) in the inference thread (session creation, which may touch the model)."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+    async def call(self, fn: Callable, *args, on_abandoned: Callable | None = None):
+        """Run fn(*args) in the inference thread (session creation, which may touch the model).
+
+        If the caller is cancelled meanwhile (its connection dropped), the thread still finishes the call;
+        `on_abandoned(result)` then receives what nobody will use (a session holding a cache slot)."""
+        future = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        if on_abandoned is None:
+            return await future
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(
+                lambda f: None if f.cancelled() or f.exception() is not None else on_abandoned(f.result()))
+            raise
 
     def _ready(self, lane: Lane) -> None:
         if lane not in self._queue:   # each lane waits in the queue at most once: that is the fairness

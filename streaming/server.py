@@ -188,7 +188,7 @@ class Connection:
 
     async def _open_session(self, start: P.StartRequest) -> None:
         try:
-            session = await self.server.scheduler.call(self.server.factory, start)
+            session = await self.server.scheduler.call(self.server.factory, start, on_abandoned=_close_session)
         except ValueError as err:  # the model cannot serve this request; the client may send another start
             raise P.ProtocolError(P.BAD_REQUEST, f"start: {err}") from None
         except Exception:
@@ -408,11 +408,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-sessions", type=int, default=d.batch_sessions,
                    help="decode up to N ready sessions together, one forward per token for all of them "
                         f"(1 = off; default: {d.batch_sessions})")
-    p.add_argument("--step-down", action="append", metavar="NAME|ffn=..;skip=..",
+    elastic = p.add_mutually_exclusive_group()  # both at once would silently ignore --step-down
+    elastic.add_argument("--step-down", action="append", metavar="NAME|ffn=..;skip=..",
                    help="when the server falls behind real time, sessions that did not pin a sub-model step down "
                         "to this one (repeat for more steps, largest first; default: the smaller presets that fit "
                         "the model, e.g. E2B under E4B); they step back up when the load falls")
-    p.add_argument("--no-step-down", action="store_true", help="never change a session's sub-model")
+    elastic.add_argument("--no-step-down", action="store_true", help="never change a session's sub-model")
     p.add_argument("--token", help="require this bearer token (Authorization header or ?token=)")
     p.add_argument("--max-frame-bytes", type=int, default=d.max_frame_bytes, help="default: 1 MiB")
     p.add_argument("--idle-timeout", type=float, default=d.idle_timeout, help="seconds (default: 60)")
@@ -450,6 +451,13 @@ def load_factory(args: argparse.Namespace) -> tuple[P.SessionFactory, str]:
         log.info("sub-models: sessions start on %s and step down to %s when behind real time",
                  label(factory.elastic.ladder[0]), ", then ".join(label(m) for m in factory.elastic.ladder[1:]))
     return factory, name
+
+
+def _close_session(session) -> None:
+    """A session created for a connection that went away meanwhile: give back its cache slot."""
+    close = getattr(session, "close", None)
+    if close is not None:
+        close()
 
 
 async def serve_until_signal(server: StreamingServer) -> None:

@@ -561,3 +561,13 @@ def test_server_steps_down_when_behind_real_time(small, speech, monkeypatch):
     assert all(m["submodel"] == "full" for m in pinned if m["type"] == "final")
     finals = [m for m in auto if m["type"] == "final"]
     assert finals and finals[-1]["submodel"] == SMALL
+
+
+def test_step_down_and_no_step_down_together_are_refused():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "asr", "serve", "--step-down", "E2B", "--no-step-down"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "not allowed with argument --step-down" in done.stderr
+    assert "Traceback" not in done.stderr

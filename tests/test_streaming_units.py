@@ -209,3 +209,36 @@ def test_scheduler_round_robin_bounds_each_turn():
     log = asyncio.run(main())
     assert log[:4] == [("a", 16000), ("b", 16000), ("a", 16000), ("b", "finish")]
     assert [x for x in log if x[0] == "a"] == [("a", 16000)] * 5 + [("a", "finish")]
+
+
+def test_a_session_created_for_a_dropped_connection_is_closed():
+    """The connection goes away while the inference thread creates its session: the session (and the cache
+    slot it holds) is handed to on_abandoned instead of leaking."""
+    import threading
+
+    created, abandoned, release = [], [], threading.Event()
+
+    def make():
+        release.wait(5)
+        created.append(object())
+        return created[-1]
+
+    async def main():
+        sched = FairScheduler(max_job_seconds=1.0)
+        sched.start()
+        task = asyncio.ensure_future(sched.call(make, on_abandoned=abandoned.append))
+        await asyncio.sleep(0.05)
+        task.cancel()  # the connection handler is cancelled mid-creation
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(100):
+            if abandoned:
+                break
+            await asyncio.sleep(0.01)
+        kept = await sched.call(lambda: "normal", on_abandoned=abandoned.append)  # no cancel: returned
+        await sched.stop()
+        return kept
+
+    assert asyncio.run(main()) == "normal"
+    assert len(created) == 1 and abandoned == created
