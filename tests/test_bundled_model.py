@@ -13,12 +13,12 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from asr.bundled import BUNDLED_DIR, default_model_dir
 from asr.synth import HELDOUT_SEED, LANGUAGES, build_heldout, read_manifest, trained_texts
 from asr.train_eval import error_rates
+from audio_encoder.audio import load_audio
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
 
@@ -80,7 +80,7 @@ def test_streaming_gives_the_offline_text_on_the_bundled_samples(model):
 
     for record in read_manifest(SAMPLES / "manifest.jsonl"):
         offline = model.transcribe(record["audio"], language=record["language"]).text
-        audio = _read(record["audio"])
+        audio = load_audio(record["audio"])
         session = StreamingDecoder(model, SessionOptions(language=record["language"]))
         events = []
         for i in range(0, len(audio), 1600):  # 100 ms pushes, as a live client sends them
@@ -104,12 +104,4 @@ def test_cli_uses_the_bundled_model_without_model_option(model, tmp_path):
 
 def test_translation_request_is_refused_clearly(model):
     with pytest.raises(ValueError, match="not trained for task 'translate'"):
-        model.translate(_read(SAMPLES / "en.wav"), source_language="en", target_language="es")
-
-
-def _read(path):
-    import soundfile as sf
-
-    audio, rate = sf.read(path, dtype="float32")
-    assert rate == 16000
-    return np.asarray(audio)
+        model.translate(load_audio(SAMPLES / "en.wav"), source_language="en", target_language="es")
