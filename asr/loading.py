@@ -5,7 +5,7 @@ then every parameter is replaced by the checkpoint tensor: a view of the memory 
 device already match, a converted copy otherwise. The vision tower, the vision embedder and the k/v
 projections of KV-shared layers (which 5.x never uses) are never read; with parts=("text",) neither are
 the audio tower and embedder. With quantize="int8"/"int4" the decoder is loaded and quantized one layer at
-a time (lm/quant.py).
+a time (lm/quant.py), and so are the audio tower's projections.
 """
 from __future__ import annotations
 
@@ -119,14 +119,14 @@ class LoadReport:
 
     def lines(self) -> list[str]:
         out = [f"loaded parts: {', '.join(self.parts)}"
-               + (f", text weights quantized to {self.quantize}" if self.quantize else "")]
+               + (f", decoder and audio tower quantized to {self.quantize}" if self.quantize else "")]
         for part in self.parts:
             out.append(f"  {part}: read {_size(self.read[part])} from the checkpoint, holds {_size(self.held[part])}")
         out.append(f"  text PLE table: {_size(self.ple_table)} left mapped (resident only for the rows in use)")
         if self.quant is not None:
             kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.quant.quantized.items()))
             out.append(f"  quantized matrices: {kinds or 'none'} ({_size(self.quant.quantized_bytes)}); "
-                       f"{len(self.quant.float_linears)} small ones kept float "
+                       f"{len(self.quant.float_linears)} kept float "
                        f"({_size(self.quant.float_linear_bytes)})")
         skipped = ", ".join(f"{g} {_size(n)}" for g, n in self.skipped.items() if n) or "nothing"
         out.append(f"skipped (never read): {skipped}")
@@ -163,33 +163,56 @@ def _quantized_names(module: torch.nn.Module, prefix: str) -> list[str]:
     return [f"{prefix}{name}.weight" for name, m in module.named_modules() if isinstance(m, QuantizedWeight)]
 
 
-def _load_text_quantized(lm, checkpoint: Checkpoint, device, dtype, ignore: set[str], host: set[str],
-                         mode: str) -> tuple[int, int]:
-    """Load and quantize the decoder one layer at a time, then the global weights and the tied matrix, so
-    that at most one layer's float weights (or the embedding's) exist at once next to the quantized ones."""
+def _load_blockwise_quantized(module: torch.nn.Module, blocks: str, checkpoint: Checkpoint, prefix: str, device,
+                              dtype, mode: str, ignore: set[str] = frozenset(), host: set[str] = frozenset()
+                              ) -> tuple[int, int]:
+    """Load `module` one block of its ModuleList `blocks` at a time, quantizing each block's projections and
+    giving back their file pages before the next, then the rest of the module (left float), so that at most
+    one block's float weights exist at once next to the quantized ones. Returns load_module_weights' counts."""
     nbytes = views = 0
-    for i, layer in enumerate(lm.layers):
-        prefix = f"{TEXT_PREFIX}layers.{i}."
-        b, v = load_module_weights(layer, checkpoint, prefix, device, dtype, ignore=ignore)
+    layers = getattr(module, blocks)
+    for i, layer in enumerate(layers):
+        layer_prefix = f"{prefix}{blocks}.{i}."
+        b, v = load_module_weights(layer, checkpoint, layer_prefix, device, dtype, ignore=ignore)
         quantize_linears_(layer, mode)
-        for name in _quantized_names(layer, prefix):
+        for name in _quantized_names(layer, layer_prefix):
             checkpoint.release(name)
         _trim_heap()
         nbytes, views = nbytes + b, views + v
-    layers = lm.layers
-    in_layers = {n for n in checkpoint.entries if n.startswith(TEXT_PREFIX + "layers.")}
-    lm.layers = torch.nn.ModuleList()  # the rest of the decoder, without the layers loaded above
+    in_blocks = {n for n in checkpoint.entries if n.startswith(f"{prefix}{blocks}.")}
+    setattr(module, blocks, torch.nn.ModuleList())  # the rest of the module, without the blocks loaded above
     try:
-        b, v = load_module_weights(lm, checkpoint, TEXT_PREFIX, device, dtype, ignore=ignore | in_layers,
+        b, v = load_module_weights(module, checkpoint, prefix, device, dtype, ignore=ignore | in_blocks,
                                    as_stored=host)
     finally:
-        lm.layers = layers
-    embedding = TEXT_PREFIX + "embed_tokens.weight"  # 1 GB in E2B: its pages go back slice by slice
+        setattr(module, blocks, layers)
+    return nbytes + b, views + v
+
+
+def _load_text_quantized(lm, checkpoint: Checkpoint, device, dtype, ignore: set[str], host: set[str],
+                         mode: str) -> tuple[int, int]:
+    """The decoder layer by layer, then its global matrices and the tied embedding/head (1 GB in E2B,
+    whose pages go back slice by slice as they are quantized)."""
+    counts = _load_blockwise_quantized(lm, "layers", checkpoint, TEXT_PREFIX, device, dtype, mode, ignore, host)
+    embedding = TEXT_PREFIX + "embed_tokens.weight"
     quantize_text_model_(lm, mode, on_embedding_rows=lambda first, last: checkpoint.release(embedding, first, last))
     for name in _quantized_names(lm, TEXT_PREFIX):
         checkpoint.release(name)
     _trim_heap()
-    return nbytes + b, views + v
+    return counts
+
+
+def _load_audio_quantized(tower, checkpoint: Checkpoint, device, dtype, mode: str) -> tuple[int, int]:
+    """The audio tower block by block, then its input projection. Its projections are 1.36 GB in E2B's
+    bf16, more than any part but the decoder; left float, reading them once for the first audio made them
+    resident for good. The convolutions stay float."""
+    prefix = AUDIO_PREFIXES[0]
+    counts = _load_blockwise_quantized(tower, "conformer", checkpoint, prefix, device, dtype, mode)
+    quantize_linears_(tower, mode)
+    for name in _quantized_names(tower, prefix):
+        checkpoint.release(name)
+    _trim_heap()
+    return counts
 
 
 def _skipped(checkpoint: Checkpoint, loaded_prefixes: tuple[str, ...], shared: set[str]) -> dict[str, int]:
@@ -213,9 +236,9 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     """Load a Gemma 3n checkpoint directory (config.json, model.safetensors or a sharded index,
     tokenizer.model and/or tokenizer.json) for speech recognition and translation.
 
-    quantize: None (float weights in `dtype`), "int8" or "int4": the text decoder's matrices and its tied
-    embedding/head become weight-only quantized (lm/quant.py); activations stay in `dtype`. The audio tower
-    stays float: it runs once per 160 ms of audio, while decode reads every decoder weight for each token.
+    quantize: None (float weights in `dtype`), "int8" or "int4": the text decoder's matrices, its tied
+    embedding/head and the audio tower's projections become weight-only quantized (lm/quant.py);
+    activations stay in `dtype`. The audio embedder and the convolutions stay float.
     parts: ("audio", "text") or ("text",); with "text" only, the audio tower and embedder are never built
     or read, and audio calls raise AudioNotLoaded. The vision tower is never loaded.
     `model.load_report` (a LoadReport) says what was read, kept and skipped.
@@ -249,7 +272,10 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     if with_audio:
         read["audio"] = 0
         for module, prefix in zip((inner.audio_tower, inner.embed_audio), AUDIO_PREFIXES):
-            nbytes, nviews = load_module_weights(module, checkpoint, prefix, device, dtype)
+            if module is inner.audio_tower and mode is not None:
+                nbytes, nviews = _load_audio_quantized(module, checkpoint, device, dtype, mode)
+            else:
+                nbytes, nviews = load_module_weights(module, checkpoint, prefix, device, dtype)
             read["audio"], views = read["audio"] + nbytes, views + nviews
     if mode is None:
         nbytes, nviews = load_module_weights(lm, checkpoint, TEXT_PREFIX, device, dtype, ignore=shared,
@@ -266,7 +292,7 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     loaded = (*(AUDIO_PREFIXES if with_audio else ()), TEXT_PREFIX)
     model.load_report = LoadReport(parts, mode, read, held, table.numel() * table.element_size(),
                                    _skipped(checkpoint, loaded, shared & set(checkpoint.entries)),
-                                   summarize(lm) if mode else None)
+                                   summarize(inner) if mode else None)
     model.loaded_bytes = sum(read.values()) + ple
     if views:
         model.checkpoint = checkpoint  # parameters view the memory maps: keep them mapped

@@ -24,6 +24,12 @@ QUERY_CHUNK = 512  # queries per attention pass: bounds the unfolded key windows
 DEFAULT_EPS = 1e-6
 
 
+def weight_dtype(linear: nn.Module) -> torch.dtype:
+    """The float dtype a projection computes in. A weight-only quantized matrix (lm.quant, which loading may
+    put in place of an nn.Linear) holds integer codes in `weight` and names its float dtype `compute_dtype`."""
+    return getattr(linear, "compute_dtype", None) or linear.weight.dtype
+
+
 @dataclass(frozen=True)
 class LayerState:
     keys: torch.Tensor  # [B, P, H, D] projected keys of the last P frames (P = context_left - 1)
@@ -66,7 +72,7 @@ class RelativePositionEmbedding(nn.Module):
         step = math.log(1.0e4) / max(half - 1, 1)
         inv = torch.exp(torch.arange(half, device=device, dtype=torch.float32) * -step)
         # The reference keeps these timescales in a buffer that follows the model's dtype.
-        inv = inv.to(self.pos_proj.weight.dtype).float()
+        inv = inv.to(weight_dtype(self.pos_proj)).float()
         distance = torch.arange(self.max_past, -1, -1, device=device, dtype=torch.float32)
         angle = distance[:, None] * inv[None, :]
         signal = torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1).to(dtype)
@@ -90,7 +96,7 @@ class LocalAttention(nn.Module):
         """x [B, T, hidden] -> ([B, T, H, D], the new (keys, values, valid) of the last P frames)."""
         b, t, _ = x.shape
         shape = (b, t, self.heads, self.head_dim)
-        dtype = self.q_proj.weight.dtype
+        dtype = weight_dtype(self.q_proj)
         # head_dim^-0.5 / softplus(0), rounded to the weights' dtype as the reference's buffer is.
         q_scale = torch.tensor(self.head_dim ** -0.5 / math.log(2.0), dtype=dtype, device=x.device)
         q = self.q_proj(x).view(shape) * q_scale * F.softplus(self.per_dim_scale)

@@ -25,11 +25,11 @@ class AudioEncoder(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.subsample_conv_projection.input_proj_linear.weight.dtype
+        return self.subsample_conv_projection.conv_0.conv.weight.dtype  # convolutions are never quantized
 
     @property
     def device(self) -> torch.device:
-        return self.subsample_conv_projection.input_proj_linear.weight.device
+        return self.subsample_conv_projection.conv_0.conv.weight.device
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """features [B, T, 128] float, mask [B, T] bool (True = valid frame) ->
