@@ -58,7 +58,7 @@ AUDIO_SIZES = {"hidden_size": 144, "conf_num_hidden_layers": 5, "conf_num_attent
 
 @dataclass(frozen=True)
 class TrainOptions:
-    steps: int = 5500
+    steps: int = 6200
     batch_size: int = 16
     lr: float = 2e-3
     warmup: int = 300
@@ -84,7 +84,7 @@ class TrainOptions:
     any_language_share: float = 0.2  # prompts without a language name, so `transcribe()` without one works
     vocab_size: int = 384
     seed: int = 0
-    eval_every: int = 500
+    eval_every: int = 1000
     checkpoint_minutes: float = 5.0
 
     def __post_init__(self):

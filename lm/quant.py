@@ -1,4 +1,5 @@
-"""Weight-only quantization of the text decoder: int8 per output channel, int4 in groups along the input.
+"""Weight-only quantization (the text decoder, and the audio tower for memory): int8 per output channel,
+int4 in groups along the input.
 
 Decoding one token reads every decoder matrix and the tied 262400 x 2048 output head once, so on a CPU it
 is bound by memory bandwidth; int8 weights halve the bytes read per token against bf16, int4 quarter them.

@@ -4,9 +4,10 @@ held-out espeak-ng speech under the quality bar, and streaming gives the offline
 Held-out sentences are synthesized here (main voice, default speed and pitch, clean: the issue's evaluation
 condition), 20 per language, the same set as `python -m asr.synth OUT --heldout 20 --exclude-model
 asr/assets/model --seed 1` in docs/benchmarks.md; every text the model was trained on is excluded.
-Issue 5's bar is CER <= 10% per language. The shipped model meets it for es, it and pt (4.1%, 3.4%, 9.1%)
-but not yet for en and fr (17.9%, 20.6%): for those two the test guards the shipped level (<= 25%) and
-issue 5 stays open; docs/benchmarks.md "Training" has the numbers.
+Issue 5's bar is CER <= 10% and WER <= 25% per language. The shipped model meets the CER bar in all five
+languages (en 9.0, es 3.4, fr 8.9, it 1.3, pt 3.8 %) and the WER bar in es, it and pt (12.7, 7.8, 17.6 %),
+not in en and fr (28.9 % each): for those two the test guards the shipped WER level (<= 35%) and issue 5
+stays open; docs/benchmarks.md "Training" has the numbers.
 """
 import json
 import shutil
@@ -23,8 +24,8 @@ from audio_encoder.audio import load_audio
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
 
 PER_LANGUAGE = 20
-BAR = 0.10
-BELOW_BAR = {"en": 0.25, "fr": 0.25}  # not at the bar yet (issue 5 open): guard the shipped level
+CER_BAR, WER_BAR = 0.10, 0.25
+WER_BELOW_BAR = {"en": 0.35, "fr": 0.35}  # not at the WER bar yet (issue 5 open): guard the shipped level
 SAMPLES = BUNDLED_DIR.parent / "samples"
 
 
@@ -55,13 +56,16 @@ def test_the_bundled_model_is_the_default_and_small():
     assert set(meta["languages"]) == set(LANGUAGES) and meta["tasks"] == ["transcribe"]
 
 
-def test_bundled_model_transcribes_heldout_speech_under_the_cer_bar(heldout, float_texts):
+def test_bundled_model_transcribes_heldout_speech_under_the_bar(heldout, float_texts):
     pairs = {}
     for record, text in zip(heldout, float_texts):
         pairs.setdefault(record["language"], []).append((record["text"], text))
-    cer = {lang: round(error_rates(p)["cer"], 3) for lang, p in pairs.items()}
+    rates = {lang: error_rates(p) for lang, p in pairs.items()}
+    cer = {lang: round(r["cer"], 3) for lang, r in rates.items()}
+    wer = {lang: round(r["wer"], 3) for lang, r in rates.items()}
     assert set(cer) == set(LANGUAGES)
-    assert all(cer[lang] <= BELOW_BAR.get(lang, BAR) for lang in cer), f"CER per language: {cer}"
+    assert all(c <= CER_BAR for c in cer.values()), f"CER per language: {cer}"
+    assert all(wer[lang] <= WER_BELOW_BAR.get(lang, WER_BAR) for lang in wer), f"WER per language: {wer}"
 
 
 def test_int8_weights_move_wer_by_at_most_one_point(heldout, float_texts):
@@ -91,13 +95,14 @@ def test_streaming_gives_the_offline_text_on_the_bundled_samples(model):
 
 
 def test_cli_uses_the_bundled_model_without_model_option(model, tmp_path):
-    sample = SAMPLES / "es.wav"
-    done = subprocess.run([sys.executable, "-m", "asr", "transcribe", str(sample), "--language", "es",
+    # The README's first command. (The Spanish sample comes out "O el tiempo es muy vueño.": CER 0.15.)
+    sample = SAMPLES / "en.wav"
+    done = subprocess.run([sys.executable, "-m", "asr", "transcribe", str(sample), "--language", "en",
                            "--output-dir", str(tmp_path), "--format", "txt"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    text = (tmp_path / "es.txt").read_text()
-    assert text.strip() == model.transcribe(sample, language="es").text.strip()
-    assert error_rates([("hoy el tiempo es muy bueno", text)])["cer"] <= 0.15, text
+    text = (tmp_path / "en.txt").read_text()
+    assert text.strip() == model.transcribe(sample, language="en").text.strip()
+    assert error_rates([("the weather is very good today", text)])["cer"] <= 0.10, text
     info = subprocess.run([sys.executable, "-m", "asr", "info"], capture_output=True, text=True)
     assert info.returncode == 0 and str(BUNDLED_DIR) in info.stdout and "transcribe" in info.stdout
 
