@@ -119,7 +119,7 @@ class LoadReport:
 
     def lines(self) -> list[str]:
         out = [f"loaded parts: {', '.join(self.parts)}"
-               + (f", decoder and audio tower quantized to {self.quantize}" if self.quantize else "")]
+               + (f", {' and '.join(self._quantized_parts())} quantized to {self.quantize}" if self.quantize else "")]
         for part in self.parts:
             out.append(f"  {part}: read {_size(self.read[part])} from the checkpoint, holds {_size(self.held[part])}")
         out.append(f"  text PLE table: {_size(self.ple_table)} left mapped (resident only for the rows in use)")
@@ -131,6 +131,9 @@ class LoadReport:
         skipped = ", ".join(f"{g} {_size(n)}" for g, n in self.skipped.items() if n) or "nothing"
         out.append(f"skipped (never read): {skipped}")
         return out
+
+    def _quantized_parts(self) -> list[str]:
+        return ["decoder"] + (["audio tower"] if "audio" in self.parts else [])
 
 
 def _size(n: int) -> str:
@@ -167,7 +170,8 @@ def _load_blockwise_quantized(module: torch.nn.Module, blocks: str, checkpoint: 
                               dtype, mode: str, ignore: set[str] = frozenset(), host: set[str] = frozenset()
                               ) -> tuple[int, int]:
     """Load `module` one block of its ModuleList `blocks` at a time, quantizing each block's projections and
-    giving back their file pages before the next, then the rest of the module (left float), so that at most
+    giving back their file pages before the next, then the rest of the module (float: the caller quantizes what
+    it wants of it), so that at most
     one block's float weights exist at once next to the quantized ones. Returns load_module_weights' counts."""
     nbytes = views = 0
     layers = getattr(module, blocks)
