@@ -124,6 +124,17 @@ class Checkpoint:
     def nbytes(self, names) -> int:
         return sum(self.entries[n].end - self.entries[n].start for n in names)
 
+    def read_randomly(self, name: str) -> None:
+        """Tell the kernel that tensor `name` is read a few rows at a time (the PLE table: one 15 kB row per
+        token in E2B), so a page fault reads that page, not the readahead window around it."""
+        entry = self.entries[name]
+        m = self.files[entry.file.name]._map
+        if m is None or not hasattr(mmap, "MADV_RANDOM"):
+            return
+        start = entry.start - entry.start % mmap.PAGESIZE
+        if entry.end > start:
+            m.madvise(mmap.MADV_RANDOM, start, entry.end - start)
+
     def release(self, name: str, first_row: int = 0, last_row: int | None = None) -> None:
         """Give back the resident file pages of rows [first_row, last_row) of tensor `name` (all of it by
         default) once they were converted or copied. The map is private and never written, so a page

@@ -286,6 +286,8 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
                                              as_stored=host)
     else:
         nbytes, nviews = _load_text_quantized(lm, checkpoint, device, dtype, shared, host, mode)
+    for name in host:
+        checkpoint.read_randomly(TEXT_PREFIX + name)
     ple = checkpoint.nbytes([TEXT_PREFIX + n for n in host])
     read["text"], views = nbytes - ple, views + nviews
     model.to(device)  # buffers computed at construction (RoPE tables and the like)
