@@ -127,29 +127,28 @@ class Checkpoint:
     def read_randomly(self, name: str) -> None:
         """Tell the kernel that tensor `name` is read a few rows at a time (the PLE table: one 15 kB row per
         token in E2B), so a page fault reads that page, not the readahead window around it."""
-        entry = self.entries[name]
-        m = self.files[entry.file.name]._map
-        if m is None or not hasattr(mmap, "MADV_RANDOM"):
-            return
-        start = entry.start - entry.start % mmap.PAGESIZE
-        if entry.end > start:
-            m.madvise(mmap.MADV_RANDOM, start, entry.end - start)
+        self._advise(name, getattr(mmap, "MADV_RANDOM", None))
 
     def release(self, name: str, first_row: int = 0, last_row: int | None = None) -> None:
         """Give back the resident file pages of rows [first_row, last_row) of tensor `name` (all of it by
         default) once they were converted or copied. The map is private and never written, so a page
         touched again is simply re-read from the file; without this, everything read once stays charged to
         the process for as long as the map is open (and it stays open while the PLE table views it)."""
+        self._advise(name, getattr(mmap, "MADV_DONTNEED", None), first_row, last_row)
+
+    def _advise(self, name: str, advice: int | None, first_row: int = 0, last_row: int | None = None) -> None:
+        """madvise the whole pages of rows [first_row, last_row) of tensor `name` (no-op without the map or
+        the advice on this platform)."""
         entry = self.entries[name]
         m = self.files[entry.file.name]._map
-        if m is None or not hasattr(mmap, "MADV_DONTNEED") or not entry.shape:
+        if m is None or advice is None or not entry.shape:
             return
         row = (entry.end - entry.start) // max(1, entry.shape[0])
         start = entry.start + first_row * row
         end = entry.end if last_row is None else entry.start + last_row * row
         start -= start % mmap.PAGESIZE  # whole pages; a shared edge page is only re-read if touched again
         if end > start:
-            m.madvise(mmap.MADV_DONTNEED, start, end - start)
+            m.madvise(advice, start, end - start)
 
     def close(self) -> None:
         """Unmap the files. Only when no tensor views them any more: a view of a closed map is invalid."""

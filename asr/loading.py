@@ -162,8 +162,13 @@ def _trim_heap() -> None:
         pass  # not glibc
 
 
-def _quantized_names(module: torch.nn.Module, prefix: str) -> list[str]:
-    return [f"{prefix}{name}.weight" for name, m in module.named_modules() if isinstance(m, QuantizedWeight)]
+def _release_quantized(module: torch.nn.Module, prefix: str, checkpoint: Checkpoint) -> None:
+    """Give back the file pages of every matrix under `module` (checkpoint names `prefix` + ...) that is
+    now quantized, and the float temporaries quantizing them left in the heap."""
+    for name, m in module.named_modules():
+        if isinstance(m, QuantizedWeight):
+            checkpoint.release(f"{prefix}{name}.weight")
+    _trim_heap()
 
 
 def _load_blockwise_quantized(module: torch.nn.Module, blocks: str, checkpoint: Checkpoint, prefix: str, device,
@@ -179,9 +184,7 @@ def _load_blockwise_quantized(module: torch.nn.Module, blocks: str, checkpoint: 
         layer_prefix = f"{prefix}{blocks}.{i}."
         b, v = load_module_weights(layer, checkpoint, layer_prefix, device, dtype, ignore=ignore)
         quantize_linears_(layer, mode)
-        for name in _quantized_names(layer, layer_prefix):
-            checkpoint.release(name)
-        _trim_heap()
+        _release_quantized(layer, layer_prefix, checkpoint)
         nbytes, views = nbytes + b, views + v
     in_blocks = {n for n in checkpoint.entries if n.startswith(f"{prefix}{blocks}.")}
     setattr(module, blocks, torch.nn.ModuleList())  # the rest of the module, without the blocks loaded above
@@ -200,9 +203,7 @@ def _load_text_quantized(lm, checkpoint: Checkpoint, device, dtype, ignore: set[
     counts = _load_blockwise_quantized(lm, "layers", checkpoint, TEXT_PREFIX, device, dtype, mode, ignore, host)
     embedding = TEXT_PREFIX + "embed_tokens.weight"
     quantize_text_model_(lm, mode, on_embedding_rows=lambda first, last: checkpoint.release(embedding, first, last))
-    for name in _quantized_names(lm, TEXT_PREFIX):
-        checkpoint.release(name)
-    _trim_heap()
+    _release_quantized(lm, TEXT_PREFIX, checkpoint)
     return counts
 
 
@@ -213,9 +214,7 @@ def _load_audio_quantized(tower, checkpoint: Checkpoint, device, dtype, mode: st
     prefix = AUDIO_PREFIXES[0]
     counts = _load_blockwise_quantized(tower, "conformer", checkpoint, prefix, device, dtype, mode)
     quantize_linears_(tower, mode)
-    for name in _quantized_names(tower, prefix):
-        checkpoint.release(name)
-    _trim_heap()
+    _release_quantized(tower, prefix, checkpoint)
     return counts
 
 

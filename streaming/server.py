@@ -410,9 +410,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"(1 = off; default: {d.batch_sessions})")
     elastic = p.add_mutually_exclusive_group()  # both at once would silently ignore --step-down
     elastic.add_argument("--step-down", action="append", metavar="NAME|ffn=..;skip=..",
-                   help="when the server falls behind real time, sessions that did not pin a sub-model step down "
-                        "to this one (repeat for more steps, largest first; default: the smaller presets that fit "
-                        "the model, e.g. E2B under E4B); they step back up when the load falls")
+                         help="when the server falls behind real time, sessions that did not pin a sub-model "
+                              "step down to this one (repeat for more steps, largest first; default: the smaller "
+                              "presets that fit the model, e.g. E2B under E4B); they step back up when the load "
+                              "falls")
     elastic.add_argument("--no-step-down", action="store_true", help="never change a session's sub-model")
     p.add_argument("--token", help="require this bearer token (Authorization header or ?token=)")
     p.add_argument("--max-frame-bytes", type=int, default=d.max_frame_bytes, help="default: 1 MiB")
