@@ -40,6 +40,7 @@ def _add_transcribe(sub) -> None:
         p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
         p.add_argument("--top-k", type=int, default=0)
         p.add_argument("--top-p", type=float, default=1.0)
+        p.add_argument("--beam-size", type=int, default=1, help="beam search width (default 1: greedy)")
         p.set_defaults(func=run_transcribe)
 
 
@@ -68,7 +69,7 @@ def run_transcribe(args) -> int:
     formats = _formats(args.format)
     try:
         options = DecodeOptions(max_new_tokens=args.max_new_tokens, sampling=SamplingOptions(
-            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p))
+            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p), beam_size=args.beam_size)
     except ValueError as e:
         raise UserError(str(e)) from None
     model = load_for_cli(args)

@@ -17,6 +17,7 @@ from audio_encoder.embedder import AudioEmbedder
 from audio_encoder.encoder import AudioEncoder
 from audio_encoder.features import extract_features
 from audio_encoder.stream import AudioEncoderStream
+from lm.beam import beam_search
 from lm.generate import generate
 from lm.model import TextModel
 from lm.prompt import Prompt, PromptTokens, build_prompt, instruction, split_translation
@@ -49,12 +50,18 @@ class DecodeOptions:
     # MatFormer sub-model to decode with, run on the loaded weights (lm.submodel): a preset name ("E2B"),
     # "full", "ffn=W[,W...];skip=L[,L...]", or a SubModel. None: the whole model.
     submodel: SubModel | str | None = None
+    # Beam search width (lm.beam): 1 = greedy. Offline decoding only; streaming decodes greedily.
+    beam_size: int = 1
 
     def __post_init__(self):
         if self.audio_layout not in (None, "padded", "compact"):
             raise ValueError(f"audio_layout must be 'padded' or 'compact', not {self.audio_layout!r}")
         if self.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
+        if self.beam_size < 1:
+            raise ValueError(f"beam_size must be at least 1, got {self.beam_size}")
+        if self.beam_size > 1 and not self.sampling.greedy:
+            raise ValueError("beam search picks the likeliest answer: use temperature 0 with a beam size above 1")
 
 
 @dataclass(frozen=True)
@@ -264,10 +271,14 @@ class SpeechModel(nn.Module):
         prompt = self.build_prompt(request, block.shape[0])
         ids, emb = self.prompt_embeddings(prompt, block)
         forced = tok.encode(forced_prefix) if forced_prefix else []
-        new = generate(self.language_model, ids, inputs_embeds=emb, max_new_tokens=options.max_new_tokens,
-                       stop_ids=self.stop_ids, sampling=options.sampling, forced_prefix_ids=forced or None,
-                       repetition_guard=options.repetition_guard, embed=self.embed_ids,
-                       suppress_ids=self.non_text_ids(), submodel=self.submodel(options.submodel))
+        common = dict(inputs_embeds=emb, max_new_tokens=options.max_new_tokens, stop_ids=self.stop_ids,
+                      forced_prefix_ids=forced or None, repetition_guard=options.repetition_guard,
+                      embed=self.embed_ids, suppress_ids=self.non_text_ids(),
+                      submodel=self.submodel(options.submodel))
+        if options.beam_size > 1:
+            new = beam_search(self.language_model, ids, beam_size=options.beam_size, **common)
+        else:
+            new = generate(self.language_model, ids, sampling=options.sampling, **common)
         return forced_prefix + tok.decode(new)
 
     def transcribe_window(self, waveform, task: str = "transcribe", language: str | None = None,

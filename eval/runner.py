@@ -34,10 +34,15 @@ class Outcome:
     final_lags: list[float] = field(default_factory=list)
 
 
-def run_offline(model, utt: Utterance, waveform, task: str, submodel=None) -> Outcome:
+def run_offline(model, utt: Utterance, waveform, task: str, submodel=None, beam_size: int = 1) -> Outcome:
     """Batch transcription through the asr model API (`transcribe`/`translate` -> object with .text,
-    .translation, .segments). submodel: a MatFormer sub-model of the model's decoder (asr --submodel)."""
+    .translation, .segments). submodel: a MatFormer sub-model of the model's decoder (asr --submodel);
+    beam_size: beam search width (1 = greedy)."""
     extra = {} if submodel is None else {"submodel": submodel}
+    if beam_size > 1:
+        from asr.model import DecodeOptions
+
+        extra["options"] = DecodeOptions(beam_size=beam_size)
     if task == "translate":
         result = model.translate(waveform, target_language=utt.target_language, source_language=utt.language,
                                  **extra)
@@ -59,6 +64,13 @@ def run_streaming(model, utt: Utterance, waveform, task: str, submodel=None) -> 
 
 
 Runner = Callable[[object, Utterance, object, str], Outcome]
+
+
+def check_beam_size(beam_size: int, mode: str) -> None:
+    if beam_size < 1:
+        raise ManifestError(f"--beam-size must be at least 1, got {beam_size}")
+    if beam_size > 1 and mode != "offline":
+        raise ManifestError("--beam-size applies to offline decoding; streaming decodes greedily")
 
 
 def _check(utts: list[Utterance], task: str, mode: str, manifest: Path) -> None:
@@ -129,15 +141,17 @@ class _RunningWer:
 def run_eval(model, manifest: str | Path, task: str = "transcribe", mode: str = "offline",
              out_dir: str | Path = "runs/eval", limit: int | None = None, progress: bool = True,
              streamer: Runner | None = None, load_audio: Callable | None = None, plots: bool = True,
-             submodel=None) -> dict:
+             submodel=None, beam_size: int = 1) -> dict:
     """Run (or resume) a benchmark; returns the report (also written as report.json/report.md in out_dir).
 
     `model` follows the asr model API (transcribe/translate). `streamer` replaces run_streaming in streaming
     mode; `load_audio` replaces audio_encoder.audio.load_audio (path -> 16 kHz mono float32). `submodel`:
-    decode with this MatFormer sub-model of the model's decoder (given to the runner as `submodel=`)."""
+    decode with this MatFormer sub-model of the model's decoder (given to the runner as `submodel=`);
+    `beam_size` > 1: beam search (offline mode only)."""
     manifest, out_dir = Path(manifest), Path(out_dir)
     utts = read_manifest(manifest)[:limit]
     _check(utts, task, mode, manifest)
+    check_beam_size(beam_size, mode)
     if load_audio is None:
         from audio_encoder.audio import load_audio
     runner = run_offline if mode == "offline" else (streamer or run_streaming)
@@ -153,7 +167,10 @@ def run_eval(model, manifest: str | Path, task: str = "transcribe", mode: str = 
         for utt in todo:
             waveform = load_audio(utt.audio)
             start = time.perf_counter()
-            outcome = runner(model, utt, waveform, task, **({} if submodel is None else {"submodel": submodel}))
+            extra = {} if submodel is None else {"submodel": submodel}
+            if beam_size > 1:
+                extra["beam_size"] = beam_size
+            outcome = runner(model, utt, waveform, task, **extra)
             elapsed = time.perf_counter() - start
             record = make_record(utt, task, mode, outcome, len(waveform) / SAMPLE_RATE, elapsed)
             f.write(json.dumps(record, ensure_ascii=False) + "\n")

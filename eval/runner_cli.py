@@ -9,7 +9,7 @@ from asr.cli_options import add_model_options
 
 from .datasets import ManifestError, read_manifest
 from .report import ReportError, compare
-from .runner import MODES, TASKS, run_eval
+from .runner import MODES, TASKS, check_beam_size, run_eval
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/eval"),
                         help="run folder: results.jsonl, report.json, report.md, plots (default: runs/eval); "
                              "rerunning into the same folder resumes")
+    parser.add_argument("--beam-size", type=int, default=1,
+                        help="beam search width for offline decoding (default 1: greedy)")
     parser.add_argument("--limit", type=int, help="only the first N utterances of the manifest")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("A", "B"),
@@ -55,11 +57,12 @@ def run(args: argparse.Namespace) -> int:
             raise ManifestError("--manifest is required (or --compare A B)")
         if args.limit is not None and args.limit < 1:
             raise ManifestError(f"--limit must be at least 1, got {args.limit}")
+        check_beam_size(args.beam_size, args.mode)
         read_manifest(args.manifest)  # bad lines fail before the (slow) model load
         model = _load_model(args)
         submodel = _submodel(model, getattr(args, "submodel", None))
         run_eval(model, args.manifest, task=args.task, mode=args.mode, out_dir=args.out, limit=args.limit,
-                 progress=not args.no_progress, submodel=submodel)
+                 progress=not args.no_progress, submodel=submodel, beam_size=args.beam_size)
     except (ManifestError, ReportError, NotImplementedError) as e:
         print(f"asr eval: {e}", file=sys.stderr)
         return 2

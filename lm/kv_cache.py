@@ -71,6 +71,13 @@ class KVCache:
         # A layer that had appended before a failed forward is cut back to the same length as the rest.
         self._length = n
 
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Make row i a copy of old row rows[i] in every layer (beam search: the batch may also grow or
+        shrink, all rows keeping the same length)."""
+        for layer in self.keys:
+            self.keys[layer] = self.keys[layer].index_select(0, rows)
+            self.values[layer] = self.values[layer].index_select(0, rows)
+
     def reset(self) -> None:
         self.keys.clear()
         self.values.clear()

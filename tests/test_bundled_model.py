@@ -107,6 +107,27 @@ def test_cli_uses_the_bundled_model_without_model_option(model, tmp_path):
     assert info.returncode == 0 and str(BUNDLED_DIR) in info.stdout and "transcribe" in info.stdout
 
 
+def test_beam_search_from_the_cli_and_in_eval(model, tmp_path):
+    """`--beam-size` on transcribe and eval (offline); streaming eval refuses it in one line."""
+    sample = SAMPLES / "en.wav"
+    done = subprocess.run([sys.executable, "-m", "asr", "transcribe", str(sample), "--language", "en", "--beam-size",
+                           "4", "--output-dir", str(tmp_path), "--format", "txt"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    text = (tmp_path / "en.txt").read_text()
+    assert error_rates([("the weather is very good today", text)])["cer"] <= 0.10, text
+    manifest = SAMPLES / "manifest.jsonl"
+    run = subprocess.run([sys.executable, "-m", "asr", "eval", "--manifest", str(manifest), "--beam-size", "3",
+                          "--out", str(tmp_path / "eval"), "--no-progress"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    # The five samples' CER after normalization: 0.105 greedy, 0.091 with beam 3 (the French sample is hard).
+    assert report["overall"]["cer_normalized"]["value"] <= 0.12, report["overall"]["cer_normalized"]
+    refused = subprocess.run([sys.executable, "-m", "asr", "eval", "--manifest", str(manifest), "--mode", "streaming",
+                              "--beam-size", "3", "--out", str(tmp_path / "s")], capture_output=True, text=True)
+    assert refused.returncode == 2 and "streaming decodes greedily" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
 def test_translation_request_is_refused_clearly(model):
     with pytest.raises(ValueError, match="not trained for task 'translate'"):
         model.translate(load_audio(SAMPLES / "en.wav"), source_language="en", target_language="es")

@@ -66,6 +66,8 @@ def test_translate_writes_translation_field(random_checkpoint, tmp_path):
     (["--model", "/nonexistent/dir"], "not a directory"),
     (["--format", "docx"], "--format"),
     (["--dtype", "int3"], "dtype"),
+    (["--beam-size", "0"], "beam_size"),
+    (["--beam-size", "2", "--temperature", "0.7"], "temperature 0"),
 ])
 def test_user_mistakes_are_one_line_errors(random_checkpoint, tmp_path, args, message):
     base = ["transcribe", AUDIO[0], "--output-dir", tmp_path]
