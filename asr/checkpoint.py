@@ -56,6 +56,9 @@ class SafetensorsFile:
                         f"(header says {header_len} bytes, file has {size})")
                 header = json.loads(f.read(header_len))
                 self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
+                # Address range of the map, to tell views of it from copies (a temporary view gives the base).
+                start = torch.frombuffer(self._map, dtype=torch.uint8, count=1).data_ptr() if size else 0
+                self.span = (start, start + size)
         except FileNotFoundError:
             raise CheckpointError(f"{self.path}: file not found") from None
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -120,6 +123,10 @@ class Checkpoint:
     def tensor(self, name: str) -> torch.Tensor:
         entry = self.entries[name]
         return self.files[entry.file.name].tensor(name)
+
+    def views(self, t: torch.Tensor) -> bool:
+        """Whether tensor `t` lies in one of this checkpoint's memory maps."""
+        return any(start <= t.data_ptr() < end for start, end in (f.span for f in self.files.values()))
 
     def nbytes(self, names) -> int:
         return sum(self.entries[n].end - self.entries[n].start for n in names)
