@@ -70,3 +70,21 @@ def test_streamed_checkpoint_loads_in_both_and_both_count_the_same_bytes(tmp_pat
         ref = Gemma3nForConditionalGeneration.from_pretrained(directory, dtype=torch.bfloat16)
     assert decode_read_bytes(ours.language_model) == decode_read_bytes(ref.model.language_model)
     assert write_checkpoint(directory, shape) == directory  # reused, not rewritten
+
+
+@pytest.mark.skipif(__import__("shutil").which("espeak-ng") is None, reason="espeak-ng not installed")
+def test_homophone_floor_and_error_split(tmp_path):
+    """bench/homophone_floor.py: French spelling hides far more than Italian's; a plural that sounds like the
+    singular is counted as a homophone substitution, a different word is not."""
+    import homophone_floor as hf
+
+    p = hf.word_probabilities(3000)
+    assert abs(p.sum() - 1) < 1e-9 and p[0] > p[1] > p[-1]
+    fr, groups = hf.floor("fr")
+    it, _ = hf.floor("it")
+    assert fr > 0.05 > it and any("a" in g for g in groups)
+    results = tmp_path / "results.jsonl"
+    results.write_text(json.dumps({"language": "fr", "reference": "Les machines de Paris.",
+                                   "hypothesis": "Les machine de vin."}) + "\n")
+    c = hf.homophone_errors(results)["fr"]
+    assert (c["words"], c["errors"], c["homophones"]) == (4, 2, 1)
