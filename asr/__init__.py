@@ -5,7 +5,7 @@
     print(model.transcribe("speech.wav", language="en").text)
 """
 
-__all__ = ["load_model"]
+__all__ = ["DecodeOptions", "load_model"]
 
 
 def __getattr__(name):
@@ -14,4 +14,8 @@ def __getattr__(name):
         from .loading import load_model
 
         return load_model
+    if name == "DecodeOptions":
+        from .model import DecodeOptions
+
+        return DecodeOptions
     raise AttributeError(f"module 'asr' has no attribute {name!r}")

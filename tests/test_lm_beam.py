@@ -76,3 +76,23 @@ def test_a_beam_as_wide_as_the_vocabulary_finds_the_best_two_token_answer():
 def test_beam_size_is_checked():
     with pytest.raises(ValueError, match="beam_size"):
         beam_search(tiny_model(), torch.tensor([[1, 2]]), beam_size=0)
+
+
+def test_beam_search_through_the_model_api(random_model, monkeypatch):
+    """DecodeOptions(beam_size=...) reaches lm.beam from SpeechModel.transcribe; beam 1 is the greedy text."""
+    import numpy as np
+
+    import asr
+    import asr.model
+    from lm.sampling import SamplingOptions
+
+    wave = np.random.default_rng(3).standard_normal(16000).astype(np.float32) * 0.1
+    widths = []
+    monkeypatch.setattr(asr.model, "beam_search", lambda *a, **k: widths.append(k["beam_size"]) or beam_search(*a, **k))
+    greedy = random_model.transcribe(wave, options=asr.DecodeOptions(max_new_tokens=6)).text
+    assert widths == []
+    random_model.transcribe(wave, options=asr.DecodeOptions(max_new_tokens=6, beam_size=3))
+    assert widths == [3]
+    assert random_model.transcribe(wave, options=asr.DecodeOptions(max_new_tokens=6, beam_size=1)).text == greedy
+    with pytest.raises(ValueError, match="temperature 0"):
+        asr.DecodeOptions(beam_size=2, sampling=SamplingOptions(temperature=0.5))
