@@ -330,3 +330,19 @@ def test_session_factory_slots_and_server_flag(random_model):
     assert p.parse_args([]).batch_sessions == ServerOptions().batch_sessions
     with pytest.raises(ValueError, match="batch_sessions must be >= 1"):
         ServerOptions(batch_sessions=0)
+
+
+def test_serve_encoder_push_ms_reaches_the_sessions(random_checkpoint):
+    """`asr serve --encoder-push-ms N`: every session buffers N ms before encoding; a value out of range is
+    refused before the model loads, naming the option."""
+    import argparse
+
+    from streaming.protocol import StartRequest
+    from streaming.server import add_arguments, load_factory
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    factory, _ = load_factory(p.parse_args(["--model", str(random_checkpoint), "--encoder-push-ms", "500"]))
+    assert factory(StartRequest()).options.encoder_push_ms == 500
+    with pytest.raises(ValueError, match="--encoder-push-ms: encoder_push_ms must be between 0 and 2000"):
+        load_factory(p.parse_args(["--model", "/nonexistent", "--encoder-push-ms", "5000"]))

@@ -85,13 +85,14 @@ def test_streaming_gives_the_offline_text_on_the_bundled_samples(model):
     for record in read_manifest(SAMPLES / "manifest.jsonl"):
         offline = model.transcribe(record["audio"], language=record["language"]).text
         audio = load_audio(record["audio"])
-        session = StreamingDecoder(model, SessionOptions(language=record["language"]))
-        events = []
-        for i in range(0, len(audio), 1600):  # 100 ms pushes, as a live client sends them
-            events += session.feed(audio[i:i + 1600])
-        events += session.finish()
-        streamed = " ".join(e.text for e in events if e.kind == "final")
-        assert streamed.split() == offline.split(), record["id"]
+        for push_ms in (0, 640):  # audio to the encoder as it arrives, or buffered (SessionOptions.encoder_push_ms)
+            session = StreamingDecoder(model, SessionOptions(language=record["language"], encoder_push_ms=push_ms))
+            events = []
+            for i in range(0, len(audio), 1600):  # 100 ms pushes, as a live client sends them
+                events += session.feed(audio[i:i + 1600])
+            events += session.finish()
+            streamed = " ".join(e.text for e in events if e.kind == "final")
+            assert streamed.split() == offline.split(), (record["id"], push_ms)
 
 
 def test_cli_uses_the_bundled_model_without_model_option(model, tmp_path):

@@ -131,7 +131,30 @@ def test_bad_options_are_clear_errors(random_model):
         SessionOptions(task="translate")
     with pytest.raises(ValueError, match="update_s"):
         SessionOptions(update_s=0)
+    with pytest.raises(ValueError, match="encoder_push_ms"):
+        SessionOptions(encoder_push_ms=-1)
     dec = StreamingDecoder(random_model)
     dec.finish()
     with pytest.raises(RuntimeError, match="after finish"):
         dec.feed(np.zeros(10, np.float32))
+
+
+def test_encoder_push_buffer_delays_tokens_but_loses_nothing(random_model, speech):
+    """encoder_push_ms: audio reaches the encoder in pieces of at least that size; the ring then holds
+    exactly the offline tokens, and every word of both utterances still comes out as finals."""
+    pushes = []
+    dec = StreamingDecoder(random_model, SessionOptions(encoder_push_ms=640, update_s=10, max_new_tokens=4))
+    original = dec.encoder.push
+    dec.encoder.push = lambda pcm: pushes.append(len(pcm)) or original(pcm)
+    events = []
+    for i in range(0, len(speech), 1600):  # 100 ms pieces, as a live client sends them
+        events += dec.feed(speech[i:i + 1600])
+        if i == 16000 * 2:
+            lo, hi = dec.ring.start, dec.ring.end
+            offline = random_model.audio_embeddings(speech[: 16000 * 2 + 1600])
+            assert hi > lo and torch.allclose(dec.ring.window(lo, hi), offline[lo:hi], rtol=1e-4, atol=1e-5)
+    events += dec.finish()
+    # 700 ms pieces (seven 100 ms feeds), but where the pause between the utterances forced the buffer out
+    # (the first utterance's last tokens) and at the end of the stream.
+    assert sum(p < 640 * 16 for p in pushes) == 2 and sum(pushes) == len(speech)
+    assert len([e for e in events if e.kind == "final"]) >= 2
