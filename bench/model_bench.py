@@ -163,8 +163,9 @@ def markdown(report: dict) -> str:
     if ref:
         head += [f"{IMPLS[n][2]} / reference" for n in others]
     lines += ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    chunk_ms = next((r["incremental_chunk_ms"] for r in ok.values() if "incremental_chunk_ms" in r), 160)
     for key, label, unit, _ in METRICS:
-        row = [label]
+        row = [label.replace("(160 ms pushes)", f"({chunk_ms} ms pushes)")]
         for n in names:
             r = results.get(n, {})
             row.append("failed" if "error" in r else _fmt(r[key], unit) if key in r else "-")
