@@ -58,7 +58,7 @@ AUDIO_SIZES = {"hidden_size": 144, "conf_num_hidden_layers": 5, "conf_num_attent
 
 @dataclass(frozen=True)
 class TrainOptions:
-    steps: int = 6200
+    steps: int = 7400
     batch_size: int = 16
     lr: float = 2e-3
     warmup: int = 300
