@@ -37,7 +37,8 @@ def beam_search(model, input_ids, inputs_embeds: torch.Tensor | None = None, bea
     if forced_prefix_ids:
         forced = _as_batch(forced_prefix_ids, device)
         if inputs_embeds is not None:
-            inputs_embeds = torch.cat([inputs_embeds.to(model.dtype), (embed or model.embed)(forced).to(model.dtype)], dim=1)
+            new = (embed or model.embed)(forced)
+            inputs_embeds = torch.cat([inputs_embeds.to(model.dtype), new.to(model.dtype)], dim=1)
         ids = torch.cat([ids, forced], dim=1)
     guard = RepetitionGuard() if repetition_guard is True else (repetition_guard or None)
     stops = {int(s) for s in stop_ids}

@@ -417,8 +417,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     elastic.add_argument("--no-step-down", action="store_true", help="never change a session's sub-model")
     p.add_argument("--encoder-push-ms", type=int, default=0,
                    help="hand audio to the encoder in pieces of at least this many ms (default 0: as it arrives); "
-                        "each push reads every encoder weight, so with a large encoder (E2B, E4B) 500-1000 costs less per "
-                        "second of audio (E2B int8, 640: 0.36 instead of 0.50 s), at that much more latency")
+                        "each push reads every encoder weight, so with a large encoder (E2B, E4B) 500-1000 costs "
+                        "less per second of audio (E2B int8, 640: 0.36 instead of 0.50 s), at that much more latency")
     p.add_argument("--token", help="require this bearer token (Authorization header or ?token=)")
     p.add_argument("--max-frame-bytes", type=int, default=d.max_frame_bytes, help="default: 1 MiB")
     p.add_argument("--idle-timeout", type=float, default=d.idle_timeout, help="seconds (default: 60)")

@@ -54,8 +54,8 @@ class SessionOptions:
     max_new_tokens: int = 96
     # Audio goes to the encoder in pieces of at least this many ms (0: as it arrives). Every push reads all
     # encoder weights, so a large encoder costs less per second of audio in larger pushes (E2B int8: 0.50 s
-    # per second in 160 ms pushes, 0.36 in 640 ms); tokens then come up to this much later. The encoder is exact whatever the
-    # pieces, so only the timing of partials changes.
+    # per second in 160 ms pushes, 0.36 in 640 ms); tokens then come up to this much later. The encoder is
+    # exact whatever the pieces, so only the timing of partials changes.
     encoder_push_ms: int = 0
     vad: VadOptions = field(default_factory=VadOptions)
 
