@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from .generate import RepetitionGuard, _as_batch
+from .generate import RepetitionGuard, prompt_with_prefix
 from .kv_cache import KVCache
 
 
@@ -31,15 +31,7 @@ def beam_search(model, input_ids, inputs_embeds: torch.Tensor | None = None, bea
     if beam_size < 1:
         raise ValueError(f"beam_size must be at least 1, got {beam_size}")
     device = model.embed_tokens.weight.device
-    ids = _as_batch(input_ids, device)
-    if inputs_embeds is None and embed is not None:
-        inputs_embeds = embed(ids)
-    if forced_prefix_ids:
-        forced = _as_batch(forced_prefix_ids, device)
-        if inputs_embeds is not None:
-            new = (embed or model.embed)(forced)
-            inputs_embeds = torch.cat([inputs_embeds.to(model.dtype), new.to(model.dtype)], dim=1)
-        ids = torch.cat([ids, forced], dim=1)
+    ids, inputs_embeds = prompt_with_prefix(model, input_ids, inputs_embeds, forced_prefix_ids, embed)
     guard = RepetitionGuard() if repetition_guard is True else (repetition_guard or None)
     stops = {int(s) for s in stop_ids}
     sub = model.resolve_submodel(submodel) if submodel is not None else None

@@ -46,6 +46,24 @@ def _as_batch(input_ids, device: torch.device) -> torch.Tensor:
     return ids.long()
 
 
+def prompt_with_prefix(model, input_ids, inputs_embeds: torch.Tensor | None, forced_prefix_ids,
+                       embed: Callable[[torch.Tensor], torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(ids [1, L + F], embeddings or None) of the prompt followed by the forced answer prefix (F ids)."""
+    device = model.embed_tokens.weight.device
+    ids = _as_batch(input_ids, device)
+    if inputs_embeds is not None and inputs_embeds.shape[:2] != ids.shape:
+        raise ValueError(f"inputs_embeds {list(inputs_embeds.shape)} does not match input_ids {list(ids.shape)}")
+    if inputs_embeds is None and embed is not None:
+        inputs_embeds = embed(ids)
+    if forced_prefix_ids:
+        forced = _as_batch(forced_prefix_ids, device)
+        if inputs_embeds is not None:
+            new = (embed or model.embed)(forced)
+            inputs_embeds = torch.cat([inputs_embeds.to(model.dtype), new.to(model.dtype)], dim=1)
+        ids = torch.cat([ids, forced], dim=1)
+    return ids, inputs_embeds
+
+
 @torch.inference_mode()
 def generate(model, input_ids, inputs_embeds: torch.Tensor | None = None, max_new_tokens: int = 256,
              stop_ids=(), sampling: SamplingOptions = SamplingOptions(), forced_prefix_ids=None,
@@ -71,17 +89,7 @@ def generate(model, input_ids, inputs_embeds: torch.Tensor | None = None, max_ne
     sub-model is not a prefix of this decode and is emptied first.
     """
     device = model.embed_tokens.weight.device
-    ids = _as_batch(input_ids, device)
-    if inputs_embeds is not None and inputs_embeds.shape[:2] != ids.shape:
-        raise ValueError(f"inputs_embeds {list(inputs_embeds.shape)} does not match input_ids {list(ids.shape)}")
-    if inputs_embeds is None and embed is not None:
-        inputs_embeds = embed(ids)
-    if forced_prefix_ids:
-        forced = _as_batch(forced_prefix_ids, device)
-        if inputs_embeds is not None:
-            new = (embed or model.embed)(forced)
-            inputs_embeds = torch.cat([inputs_embeds.to(model.dtype), new.to(model.dtype)], dim=1)
-        ids = torch.cat([ids, forced], dim=1)
+    ids, inputs_embeds = prompt_with_prefix(model, input_ids, inputs_embeds, forced_prefix_ids, embed)
     guard = RepetitionGuard() if repetition_guard is True else (repetition_guard or None)
     stops = {int(s) for s in stop_ids}
     cache = cache if cache is not None else KVCache()
