@@ -51,6 +51,9 @@ AUDIO_SUFFIX = ".flac"
 @dataclass(frozen=True)
 class SynthOptions:
     languages: tuple[str, ...] = LANGUAGES
+    # (language, weight) pairs for drawing each example's language; unlisted languages weigh 1.
+    # Empty: uniform, drawn as before weights existed (the same specs for the same seed).
+    language_weights: tuple[tuple[str, float], ...] = ()
     # Text
     vocabulary: int = 3000  # most frequent words per language that texts draw from
     min_words: int = 3
@@ -74,6 +77,10 @@ class SynthOptions:
         if not self.languages or unknown:
             raise ValueError(f"SynthOptions.languages: expected a non-empty subset of {LANGUAGES}, "
                              f"got {self.languages!r}")
+        odd = [f"{lang}={w}" for lang, w in self.language_weights if lang not in self.languages or not w > 0]
+        if odd:
+            raise ValueError(f"SynthOptions.language_weights: expected positive weights for languages among "
+                             f"{self.languages}, got {', '.join(odd)}")
         if not 1 <= self.min_words <= self.max_words:
             raise ValueError(f"SynthOptions: need 1 <= min_words <= max_words, got {self.min_words}, "
                              f"{self.max_words}")
@@ -158,10 +165,18 @@ def make_text(rng: np.random.Generator, language: str, options: SynthOptions) ->
 # ---------------------------------------------------------------- specs and rendering
 
 
+def _pick_language(rng: np.random.Generator, options: SynthOptions) -> str:
+    if not options.language_weights:
+        return options.languages[int(rng.integers(len(options.languages)))]
+    weights = dict(options.language_weights)
+    p = np.array([weights.get(lang, 1.0) for lang in options.languages])
+    return options.languages[int(rng.choice(len(p), p=p / p.sum()))]
+
+
 def example_spec(seed: int, index: int, options: SynthOptions = SynthOptions()) -> SynthSpec:
     """The example number `index` of the stream `seed`, independent of every other index."""
     rng = np.random.default_rng([seed, index])
-    language = options.languages[int(rng.integers(len(options.languages)))]
+    language = _pick_language(rng, options)
     text = make_text(rng, language, options)
     voices = VOICES[language]
     if rng.random() < options.default_voice_share:
@@ -350,12 +365,13 @@ def trained_texts(model_dir: str | Path) -> list[str]:
     try:
         data = json.loads(config_path.read_text())["gemma3n_speech"]["trained"]["data"]
         count, seed = int(data["utterances"]), int(data["seed"])
+        weights = tuple((str(k), float(v)) for k, v in data.get("language_weights", {}).items())
     except FileNotFoundError:
         raise ValueError(f"{config_path}: not found (expected a model directory made by `asr train`)") from None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):
         raise ValueError(f"{config_path}: no gemma3n_speech.trained.data record (utterances, seed); "
                          "was this model trained by `asr train`?") from None
-    return training_texts(count, seed)
+    return training_texts(count, seed, SynthOptions(language_weights=weights))
 
 
 def build_heldout(out_dir: str | Path, per_language: int, seed: int = HELDOUT_SEED,

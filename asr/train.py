@@ -243,7 +243,7 @@ class Trainer:
         meta["trained"] = {"steps": self.step, "seconds": round(self.seconds), "batch_size": self.options.batch_size,
                            "data": {"utterances": data.count, "seed": data.seed, "generator": "asr.synth",
                                     "default_voice_share": data.default_voice_share,
-                                    "noise_share": data.noise_share},
+                                    "noise_share": data.noise_share, "language_weights": data.language_weights},
                            "options": asdict(self.options)}
         tmp = self.out / ".saving"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -414,6 +414,22 @@ class _StopRequest:
 
 
 # ---- command line ---------------------------------------------------------------------------------------
+def parse_language_weights(text: str) -> dict[str, float]:
+    """'fr=2,en=1.5' -> {"fr": 2.0, "en": 1.5}; '' -> {} (every language equally often)."""
+    weights = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        lang, _, value = item.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = float("nan")
+        if lang not in LANGUAGES or not weight > 0:
+            raise argparse.ArgumentTypeError(f"expected LANG=W with LANG one of {', '.join(LANGUAGES)} and W > 0, "
+                                             f"got {item!r}")
+        weights[lang] = weight
+    return weights
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d, o = DataOptions(), TrainOptions()
     parser.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
@@ -433,6 +449,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=o.seed)
     parser.add_argument("--data", type=Path, help="synthetic data cache (default OUT/data)")
     parser.add_argument("--utterances", type=int, default=d.count, help="training utterances to synthesize")
+    parser.add_argument("--language-weights", type=parse_language_weights, default=d.language_weights,
+                        metavar="LANG=W,...", help="how often each language is drawn relative to the others "
+                        "(unlisted: 1; default: fr=2)")
     parser.add_argument("--eval-every", type=int, default=o.eval_every, help="held-out check every N steps (0: off)")
     parser.add_argument("--checkpoint-minutes", type=float, default=o.checkpoint_minutes)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
@@ -473,7 +492,7 @@ def _run(args: argparse.Namespace) -> int:
                            curriculum_steps=args.curriculum_steps, reading_steps=args.reading_steps,
                            encoder_steps=args.encoder_steps,
                            eval_every=args.eval_every, checkpoint_minutes=args.checkpoint_minutes)
-    data = DataOptions(count=args.utterances, seed=args.seed)
+    data = DataOptions(count=args.utterances, seed=args.seed, language_weights=args.language_weights)
     if args.resume and (args.out / STATE_FILE).exists():
         saved = torch.load(args.out / STATE_FILE, map_location="cpu", weights_only=False)
         # The run's own settings; only the step count may change (a longer schedule changes the decay).

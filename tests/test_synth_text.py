@@ -35,6 +35,22 @@ def test_specs_are_deterministic_and_independent():
     assert example_spec(7, 3) != example_spec(8, 3)
 
 
+def test_language_weights_draw_languages_in_proportion_and_are_checked():
+    from collections import Counter
+
+    weighted = SynthOptions(language_weights=(("fr", 3.0),))
+    counts = Counter(example_spec(0, i, weighted).language for i in range(2100))
+    assert 800 <= counts["fr"] <= 1000, counts  # expected 3/7 of 2100 = 900
+    assert all(250 <= counts[lang] <= 350 for lang in LANGUAGES if lang != "fr"), counts
+    # No weights: the uniform draw of before, so older datasets and models keep their texts.
+    uniform = Counter(example_spec(0, i).language for i in range(2100))
+    assert all(350 <= n <= 490 for n in uniform.values()), uniform
+    with pytest.raises(ValueError, match="de=2"):
+        SynthOptions(language_weights=(("de", 2.0),))
+    with pytest.raises(ValueError, match="fr=0"):
+        SynthOptions(language_weights=(("fr", 0),))
+
+
 def test_texts_come_from_the_word_lists_within_length_bounds():
     options = SynthOptions()
     seen_languages = set()
@@ -73,6 +89,11 @@ def test_heldout_excludes_the_texts_a_model_was_trained_on(tmp_path):
     main([str(tmp_path / "heldout"), "--heldout", "3", "--exclude-model", str(model)])
     heldout = {r["text"] for r in read_manifest(tmp_path / "heldout" / "manifest.jsonl")}
     assert len(heldout) == 15 and not heldout & set(training_texts(400, seed=3))
+    # A model trained with language weights: its texts are those of the weighted draw.
+    (model / "config.json").write_text(json.dumps({"gemma3n_speech": {"trained": {"data": {
+        "utterances": 400, "seed": 3, "language_weights": {"fr": 2.0}}}}}))
+    weighted = training_texts(400, seed=3, options=SynthOptions(language_weights=(("fr", 2.0),)))
+    assert trained_texts(model) == weighted != training_texts(400, seed=3)
 
 
 def test_exclude_model_without_a_training_record_is_a_clear_error(tmp_path, capsys):

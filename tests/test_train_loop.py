@@ -104,6 +104,21 @@ def test_sigterm_finishes_the_step_saves_and_resumes(tmp_path, data_dir, monkeyp
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
 
 
+def test_language_weights_option_parses_and_names_bad_items(capsys):
+    from asr.cli import main
+    from asr.train import parse_language_weights
+
+    assert parse_language_weights("fr=2, en=1.5") == {"fr": 2.0, "en": 1.5}
+    assert parse_language_weights("") == {}
+    assert DataOptions().synth_options().language_weights == (("fr", 2.0),)
+    assert DataOptions(language_weights={}).synth_options().language_weights == ()
+    for bad in ("de=2", "fr=-1", "fr", "fr=x"):
+        with pytest.raises(SystemExit):
+            main(["train", "--out", "unused", "--language-weights", bad])
+        err = capsys.readouterr().err
+        assert "--language-weights" in err and repr(bad) in err, err
+
+
 def test_batches_depend_only_on_seed_and_step():
     lengths = [(7 * i) % 50 + 1 for i in range(200)]
     a = [batch_indices(lengths, 8, seed=3, step=s) for s in range(60)]
