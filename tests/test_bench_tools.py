@@ -88,3 +88,19 @@ def test_homophone_floor_and_error_split(tmp_path):
                                    "hypothesis": "Les machine de vin."}) + "\n")
     c = hf.homophone_errors(results)["fr"]
     assert (c["words"], c["errors"], c["homophones"]) == (4, 2, 1)
+
+
+@pytest.mark.skipif(__import__("shutil").which("espeak-ng") is None, reason="espeak-ng not installed")
+def test_live_stream_bench_forces_its_script_and_every_answer_becomes_a_final(random_checkpoint, tmp_path):
+    import live_stream_bench as live
+
+    from asr.bundled import default_model_dir
+    from streaming.session import SessionOptions
+
+    model = asr.load_model(live.with_tokenizer(random_checkpoint, default_model_dir(), tmp_path / "model"))
+    report = live.run(model, 0.3, SessionOptions(encoder_push_ms=640), tokens_per_second=4.0)
+    assert report["finals_equal_answers"] and report["forced_prefixes_off_script"] == 0, report
+    assert report["words_in_finals"] >= report["sentences_in_stream"], report
+    # Answers are as long as the rate asks for the utterance windows (speech plus the closing pause).
+    assert 0.6 <= report["answer_tokens"] / (4.0 * report["speech_seconds"]) <= 1.6, report
+    assert 0 < report["rtf"] < 1
