@@ -451,7 +451,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--utterances", type=int, default=d.count, help="training utterances to synthesize")
     parser.add_argument("--language-weights", type=parse_language_weights, default=d.language_weights,
                         metavar="LANG=W,...", help="how often each language is drawn relative to the others "
-                        "(unlisted: 1; default: fr=2)")
+                        "(unlisted: 1; default: all equal), e.g. fr=2")
     parser.add_argument("--eval-every", type=int, default=o.eval_every, help="held-out check every N steps (0: off)")
     parser.add_argument("--checkpoint-minutes", type=float, default=o.checkpoint_minutes)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch")

@@ -110,8 +110,8 @@ def test_language_weights_option_parses_and_names_bad_items(capsys):
 
     assert parse_language_weights("fr=2, en=1.5") == {"fr": 2.0, "en": 1.5}
     assert parse_language_weights("") == {}
-    assert DataOptions().synth_options().language_weights == (("fr", 2.0),)
-    assert DataOptions(language_weights={}).synth_options().language_weights == ()
+    assert DataOptions(language_weights={"fr": 2.0}).synth_options().language_weights == (("fr", 2.0),)
+    assert DataOptions().synth_options().language_weights == ()  # the bundled model's recipe: uniform
     for bad in ("de=2", "fr=-1", "fr", "fr=x"):
         with pytest.raises(SystemExit):
             main(["train", "--out", "unused", "--language-weights", bad])
