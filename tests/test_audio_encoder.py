@@ -38,3 +38,21 @@ def test_input_checks(encoder):
         encoder(torch.zeros(1, 10, 128), torch.ones(1, 9, dtype=torch.bool))
     with pytest.raises(ValueError, match="mask must be bool"):
         encoder(torch.zeros(1, 10, 128), torch.ones(1, 10))
+
+
+@pytest.mark.parametrize("rows", [37, 400])
+def test_subsampling_in_pieces_equals_one_pass(encoder, monkeypatch, rows):
+    """The offline SSCP runs in pieces of SSCP_ROWS mel rows (lower peak memory); any piece size gives the
+    tokens of a single pass, up to float32 rounding of the cumulative norm's sums (1e-5)."""
+    import audio_encoder.encoder as module
+
+    feats = torch.randn(2, 1001, 128) * 3 - 4
+    mask = torch.ones(2, 1001, dtype=torch.bool)
+    mask[1, 700:] = False
+    with torch.no_grad():
+        monkeypatch.setattr(module, "SSCP_ROWS", 10**9)
+        whole, valid_whole = encoder(feats, mask)
+        monkeypatch.setattr(module, "SSCP_ROWS", rows)
+        pieces, valid = encoder(feats, mask)
+    assert torch.equal(valid, valid_whole)
+    torch.testing.assert_close(pieces, whole, atol=1e-5, rtol=1e-5)
