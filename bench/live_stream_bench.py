@@ -74,10 +74,13 @@ class ForcedAnswers:
         self.rate = tokens_per_second
         self.target = self.position = 0
         self.forwards = self.forced_tokens = self.decodes = self.left_script = 0
+        self.seconds = {"prefill": 0.0, "step": 0.0}  # decoder forwards of many positions / of one
         real = self.lm.forward
 
         def forward(ids, *args, **kwargs):
+            t0 = time.perf_counter()
             logits = real(ids, *args, **kwargs)
+            self.seconds["prefill" if ids.shape[1] > 1 else "step"] += time.perf_counter() - t0
             self.forwards += 1
             self.position = self.position + 1 if ids.shape[1] == 1 else self.position
             token = self.script[self.position] if self.position < self.target else self.stop
@@ -109,6 +112,12 @@ class ForcedDecoder(StreamingDecoder):
         self.forced = forced
         self.answered: list[str] = []  # the words of each utterance's last decode: all must become finals
         self.answered_tokens = 0
+        self.encode_seconds = 0.0
+
+    def _encode(self):
+        t0 = time.perf_counter()
+        super()._encode()
+        self.encode_seconds += time.perf_counter() - t0
 
     def _decode_request(self, start, end, request, forced):
         job = super()._decode_request(start, end, request, forced)
@@ -146,6 +155,9 @@ def run(model, minutes: float, options: SessionOptions, tokens_per_second: float
         "decoder_forwards": forced.forwards,
         "forced_answer_tokens": forced.forced_tokens,
         "replay_wall_seconds": round(wall, 1),
+        "encoder_seconds": round(dec.encode_seconds, 1),  # features + incremental encoder + ring
+        "decoder_prefill_seconds": round(forced.seconds["prefill"], 1),
+        "decoder_step_seconds": round(forced.seconds["step"], 1),
         "rtf": result.stats.get("rtf"),
         "final_lag_p50": round(float(np.median(lags)), 3) if lags.size else None,
         "final_lag_p95": round(float(np.percentile(lags, 95)), 3) if lags.size else None,
@@ -165,6 +177,8 @@ def main(argv=None) -> None:
                    help="answer tokens forced per second of window (speech at about 2.5 words/s)")
     p.add_argument("--encoder-push-ms", type=int, default=640)
     p.add_argument("--update-s", type=float, default=SessionOptions.update_s)
+    p.add_argument("--audio-layout", choices=("padded", "compact"),
+                   help="audio block of a decode (default: the model's, padded for Gemma 3n: 188 slots)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
@@ -174,10 +188,12 @@ def main(argv=None) -> None:
         t0 = time.perf_counter()
         model = asr.load_model(directory, dtype=getattr(torch, args.dtype), quantize=args.quantize)
         load = time.perf_counter() - t0
-        options = SessionOptions(encoder_push_ms=args.encoder_push_ms, update_s=args.update_s)
+        options = SessionOptions(encoder_push_ms=args.encoder_push_ms, update_s=args.update_s,
+                                 audio_layout=args.audio_layout)
         report = {"checkpoint": str(args.checkpoint), "quantize": args.quantize, "dtype": args.dtype,
                   "threads": args.threads, "tokens_per_second": args.tokens_per_second,
-                  "encoder_push_ms": args.encoder_push_ms, "update_s": args.update_s, "load_seconds": round(load, 1),
+                  "encoder_push_ms": args.encoder_push_ms, "update_s": args.update_s,
+                  "audio_layout": options.audio_layout or model.default_audio_layout, "load_seconds": round(load, 1),
                   **run(model, args.minutes, options, args.tokens_per_second)}
     text = json.dumps(report, indent=2)
     print(text)
