@@ -15,7 +15,7 @@ from .config import AudioConfig
 from .conformer import ConformerBlock
 from .subsampling import SubSampleConvProjection
 
-SSCP_ROWS = 400  # mel rows (4 s) per piece of the offline subsampling (any size gives the same result)
+SSCP_ROWS = 400  # mel rows (4 s) per piece of the offline subsampling (any size: the same tokens up to rounding)
 
 
 class AudioEncoder(nn.Module):
@@ -54,10 +54,11 @@ class AudioEncoder(nn.Module):
         return x.masked_fill(~valid.unsqueeze(-1), 0.0), valid
 
     def _subsample(self, features: torch.Tensor) -> torch.Tensor:
-        """The SSCP in pieces of SSCP_ROWS mel rows, carrying its stream state (exact: the same code as a
-        live stream). Its first convolution's output is 32x the input's size ([B, C, T/2, 64] for 128 mel
-        bins, 47 MiB in float32 for 30 s), and the cumulative norm makes several temporaries of it; in
-        pieces they stay a few MiB, which lowers the peak memory of a whole-clip encode."""
+        """The SSCP in pieces of SSCP_ROWS mel rows, carrying its stream state (the code a live stream runs;
+        only the float32 rounding of the cumulative norm's running sums differs from one pass, ~1e-6).
+        Its first convolution's output is 32x the input's size ([B, C, T/2, 64] for 128 mel bins, 47 MiB
+        in float32 for 30 s) and the cumulative norm makes several temporaries of it; in pieces they stay
+        a few MiB, which lowers the peak memory of a whole-clip encode."""
         state, parts = None, []
         for lo in range(0, features.shape[1], SSCP_ROWS):
             final = lo + SSCP_ROWS >= features.shape[1]

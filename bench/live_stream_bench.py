@@ -16,7 +16,6 @@ embedding). Answers end at word ends of the script, so committed words re-encode
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shutil
 import sys
@@ -35,7 +34,7 @@ from asr.bundled import default_model_dir  # noqa: E402
 from asr.wordlists import frequent_words  # noqa: E402
 from streaming.replay import replay  # noqa: E402
 from streaming.session import SessionOptions, StreamingDecoder  # noqa: E402
-from streaming_bench import make_stream  # noqa: E402
+from streaming_bench import make_stream, print_report  # noqa: E402
 
 TOKEN_SECONDS = 0.16
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
@@ -105,7 +104,7 @@ class ForcedAnswers:
 
 
 class ForcedDecoder(StreamingDecoder):
-    """A session whose decodes announce their window to `ForcedAnswers`; times every feed."""
+    """A session whose decodes announce their window to `ForcedAnswers`; times its encoder pushes."""
 
     def __init__(self, model, options: SessionOptions, forced: ForcedAnswers):
         super().__init__(model, options)
@@ -195,10 +194,7 @@ def main(argv=None) -> None:
                   "encoder_push_ms": args.encoder_push_ms, "update_s": args.update_s,
                   "audio_layout": options.audio_layout or model.default_audio_layout, "load_seconds": round(load, 1),
                   **run(model, args.minutes, options, args.tokens_per_second)}
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    print_report(report, args.out)
 
 
 if __name__ == "__main__":

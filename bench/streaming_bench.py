@@ -114,6 +114,14 @@ def layouts(model, count: int) -> dict:
     return out
 
 
+def print_report(report: dict, out: Path | None) -> None:
+    """The report as JSON on stdout, and in `out` when given."""
+    text = json.dumps(report, indent=2)
+    print(text)
+    if out:
+        out.write_text(text + "\n")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="checkpoint directory (default: the bundled model)")
@@ -126,10 +134,7 @@ def main(argv=None) -> None:
     model = asr.load_model(args.model or default_model_dir())
     report = {"model": model.source, "threads": args.threads, "long_stream": long_stream(model, args.minutes),
               "layouts": layouts(model, args.layout_utterances)}
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    print_report(report, args.out)
 
 
 if __name__ == "__main__":
